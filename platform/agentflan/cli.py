@@ -1,0 +1,94 @@
+"""The ``agentflan`` command.
+
+    agentflan data SPEC.yaml [key=value ...]     build the Agent-FLAN corpus
+
+A bad spec or input is reported in one clear message (exit code 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agentflan.config import Config, ConfigError, load_config
+
+
+def _progress(msg: str) -> None:
+    print(f"[agentflan {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in [headers, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summarize_data(manifest: dict[str, Any], out_dir: Path) -> str:
+    stage_rows = []
+    for s in manifest["stages"]:
+        reasons = {**s["filtered_reasons"], **{f"Q:{k}": v for k, v in s["quarantined_reasons"].items()}}
+        top = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        stage_rows.append([s["name"], s["in"], s["out"], s["filtered"], s["quarantined"], s.get("repeated", ""), top])
+    parts = [
+        format_table(["stage", "in", "out", "filtered", "quarantined", "repeated", "top reasons"], stage_rows),
+        "",
+        format_table(
+            ["bucket", "records", "tokens", "trained tokens"],
+            [[b, v.get("records", 0), v.get("tokens", 0), v.get("trained_tokens", 0)] for b, v in sorted(manifest["buckets"].items())],
+        ),
+        "",
+        format_table(
+            ["capability", "turns", "trained turns", "trained tokens"],
+            [[c, v.get("turns", 0), v.get("trained_turns", 0), v.get("trained_tokens", 0)] for c, v in sorted(manifest["capabilities"].items())],
+        ),
+        "",
+        f"corpus rows: {manifest['rows']['corpus']} {manifest['splits']}   fingerprint: {manifest['fingerprint'][:16]}",
+        f"written to {out_dir} (manifest.json, corpus/, quarantine/) in {manifest['seconds']} s",
+    ]
+    q = sum(s["quarantined"] for s in manifest["stages"])
+    if q:
+        parts.append(f"{q} records quarantined, with file:line and reason, in {out_dir / 'quarantine'}")
+    return "\n".join(parts)
+
+
+def cmd_data(cfg: Config) -> int:
+    from agentflan.data.pipeline import PipelineError, run_data
+
+    try:
+        manifest = run_data(cfg, progress=_progress)
+    except PipelineError as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    print(summarize_data(manifest, Path(cfg.output_dir)))
+    return 0
+
+
+COMMANDS = {"data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentflan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("data", "build the Agent-FLAN corpus"),):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 data.engine=local")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.spec, args.overrides)
+    except ConfigError as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

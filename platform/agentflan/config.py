@@ -1,0 +1,204 @@
+"""The one typed config: a YAML spec plus ``key=value`` overrides, validated before any work starts.
+
+Every spec in ``pipelines/`` validates against :class:`Config`; an unknown key or a bad value fails with
+the dotted key path (``data.capability_weights.retrieval: Input should be greater than or equal to 0``),
+never later from deep inside a stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A spec or override that does not validate. The message names the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpec(_Strict):
+    """One input: a file, a directory, a glob, or (where a network exists) a hub dataset id."""
+
+    path: str
+    source: str | None = Field(None, description="Source name; defaults to the file's stem.")
+    kind: Literal["auto", "agent", "general"] = Field(
+        "auto", description="agent = tool-use trajectories, general = plain chat; auto decides per record."
+    )
+    split: str = Field("train", description="Split to read when `path` is a hub dataset id.")
+
+
+class CapabilityWeights(_Strict):
+    """Per-capability weights (paper's final choice: reasoning 1, retrieval 0.25, understanding 0.75)."""
+
+    reasoning: float = Field(1.0, ge=0)
+    retrieval: float = Field(0.25, ge=0)
+    understanding: float = Field(0.75, ge=0)
+    instruction_following: float = Field(1.0, ge=0)
+    general: float = Field(1.0, ge=0)
+
+    def for_capability(self, capability: str) -> float:
+        return float(getattr(self, capability, 1.0))
+
+
+class ResponderConfig(_Strict):
+    """Who writes the plain replies of negative samples."""
+
+    kind: Literal["template", "hf", "openai"] = Field(
+        "template", description="template = offline rules over the corpus; hf = local transformers model; "
+        "openai = an OpenAI-compatible chat endpoint."
+    )
+    model: str | None = Field(None, description="HF model path/id, or the endpoint's model name.")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> ResponderConfig:
+        if self.kind in ("hf", "openai") and not self.model:
+            raise ValueError(f"responder kind {self.kind!r} needs `model`")
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("responder kind 'openai' needs `base_url`")
+        return self
+
+
+class NegativesConfig(_Strict):
+    """Agent-FLAN's negative samples; the right answer to both cases is a plain reply."""
+
+    enabled: bool = True
+    case_c_rate: float = Field(
+        0.05, ge=0, le=1, description="Share of agent trajectories whose query becomes a case (c) negative: "
+        "no tools offered, a query that looks like it needs one."
+    )
+    case_b_rate: float = Field(
+        0.5, ge=0, le=1, description="Share of general chats that become a case (b) negative: tools offered "
+        "that the query does not need."
+    )
+    max_query_chars: int = Field(2000, gt=0)
+    tool_pool_size: int = Field(256, gt=0, description="Distinct tool lists kept from the corpus for case (b).")
+    tool_pool_files: list[str] = Field(
+        default_factory=list,
+        description="Extra tool lists for case (b): ToolBench query files (items with api_list) or JSON lists of tool lists.",
+    )
+    responder: ResponderConfig = ResponderConfig()
+
+
+class MixtureConfig(_Strict):
+    """Sampling ratio per bucket: 1 keeps every record, 0.5 half of them, 2.5 each record 2 or 3 times.
+
+    Buckets are source names (for agent data), ``general``, ``negatives`` and ``format_following``.
+    Capability balance is set by ``data.capability_weights``.
+    """
+
+    ratios: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("ratios")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, r in v.items():
+            if r < 0:
+                raise ValueError(f"ratio for bucket {k!r} is {r}, must be >= 0")
+        return v
+
+
+class DataConfig(_Strict):
+    inputs: list[InputSpec] = Field(min_length=1)
+    engine: Literal["ray", "local"] = Field(
+        "ray", description="ray = Ray Data (parallel, streaming); local = the same stages in one process."
+    )
+    num_cpus: int | None = Field(None, gt=0, description="CPUs for a Ray instance started here.")
+    batch_size: int = Field(256, gt=0)
+    max_record_bytes: int = Field(1_000_000, gt=0, description="Larger raw records are quarantined.")
+    react_share: float = Field(0.1, ge=0, le=1, description="Trajectories kept in the original ReAct format.")
+    format_following_per_25k: float = Field(
+        2000, ge=0, description="Format-following samples per 25,000 trajectories (paper: ~2,000)."
+    )
+    capability_weights: CapabilityWeights = CapabilityWeights()
+    weight_strategy: Literal["mask", "loss_weight"] = Field(
+        "mask", description="mask = switch a turn's loss off with probability 1-w; loss_weight = scale its loss by w."
+    )
+    negatives: NegativesConfig = NegativesConfig()
+    mixture: MixtureConfig = MixtureConfig()
+    validation_fraction: float = Field(0.02, ge=0, lt=1)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_as_specs(cls, v: Any) -> Any:
+        if isinstance(v, (str, dict)):
+            v = [v]
+        return [{"path": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+
+class Config(_Strict):
+    name: str = "agentflan"
+    seed: int = 0
+    output_dir: str = "outputs/run"
+    data: DataConfig
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; values are YAML (``[a,b]``, ``0.5``, ``true``, ``{x: 1}``)."""
+    parsed = []
+    for o in overrides:
+        key, sep, raw = o.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {o!r} is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({e})") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"invalid config ({where}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML spec, apply overrides, validate. Raises :class:`ConfigError` with the key path."""
+    tree: dict[str, Any] = {}
+    where = "overrides"
+    if spec is not None:
+        path = Path(spec)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"spec file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None

@@ -1,0 +1,176 @@
+"""Stage 2, align agent trajectories to natural multi-turn chat.
+
+Agent-FLAN's central finding is that agent data in the ReAct format is *format* the model must learn on
+top of the agent skills, and that the format is learned fast while the skills are not. Aligning to chat
+removes the format: each ReAct step becomes separate assistant turns, each asked for by a short "elicit"
+turn from the other side::
+
+    assistant  (reasoning)      the Thought
+    user       (elicit)         "Which tool will you use next?"
+    assistant  (retrieval)      the tool's name
+    user       (elicit)         "What arguments will you pass?"
+    assistant  (understanding)  the arguments
+    tool                        the observation
+
+A seeded share of trajectories (``data.react_share``, paper: 10%) stays in the original ReAct format, and
+format-following samples that explicitly ask for ReAct or JSON output are added
+(:func:`make_format_following`), so the model still follows a format when one is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+from agentflan.data.react import Step, parse_step, render_json_call, render_react
+from agentflan.data.record import Message, Record
+from agentflan.data.stage import Drop, rng, unit
+
+ELICIT_TOOL = (
+    "Which tool will you use next?",
+    "What tool do you choose for this step?",
+    "Which function should be called now?",
+    "Name the tool you want to call.",
+    "Which of the available tools fits this step?",
+)
+ELICIT_ARGS = (
+    "What arguments will you pass?",
+    "Provide the input for that tool.",
+    "What parameters should the call use?",
+    "Give the arguments for the call.",
+    "What exactly do you pass to it?",
+)
+ELICIT_FINAL = (
+    "What is your final answer?",
+    "Please give the final answer.",
+    "So, what is the answer?",
+    "Please state your conclusion.",
+)
+FORMAT_INSTRUCTIONS = {
+    "react": "Respond in the ReAct format: a line 'Thought: ...', then 'Action: <tool name>', then "
+    "'Action Input: <arguments>'.",
+    "json": 'Respond with only a JSON object: {"thought": "...", "name": "<tool name>", "arguments": {...}}.',
+}
+_OBSERVATION = re.compile(r"^\s*Observation(?:\s+\d+)?\s*:\s*", re.I)
+
+
+def _assistant(content: str, capability: str, loss: bool) -> Message:
+    return Message(role="assistant", content=content, loss=loss, capability=capability)  # type: ignore[arg-type]
+
+
+def _elicit(options: tuple[str, ...], r) -> Message:
+    return Message(role="user", content=r.choice(options))
+
+
+def _plain_capability(text: str) -> str:
+    return "reasoning" if re.match(r"\s*(?:thought|think)\s*:", text, re.I) else "general"
+
+
+def _emit_step(step: Step, loss: bool, out: list[Message], r) -> None:
+    """Append the chat turns of one ReAct step."""
+    if step.thought:
+        out.append(_assistant(step.thought, "reasoning", loss))
+    if step.final_answer is not None:
+        if step.final_answer.strip():
+            if out and out[-1].role == "assistant":
+                out.append(_elicit(ELICIT_FINAL, r))
+            out.append(_assistant(step.final_answer, "reasoning", loss))
+        return
+    if step.tool:
+        if out and out[-1].role == "assistant":
+            out.append(_elicit(ELICIT_TOOL, r))
+        out.append(_assistant(step.tool, "retrieval", loss))
+        if step.arguments is not None and step.arguments.strip():
+            out.append(_elicit(ELICIT_ARGS, r))
+            out.append(_assistant(step.arguments, "understanding", loss))
+
+
+def _to_chat(record: Record, seed: int) -> list[Message]:
+    r = rng(seed, "align", record.id)
+    out: list[Message] = []
+    pending_tool: str | None = None  # the tool whose observation the next non-assistant turn is
+    for m in record.messages:
+        if m.role == "assistant":
+            step = parse_step(m.content)
+            if step is None:
+                out.append(_assistant(m.content, _plain_capability(m.content), m.loss))
+                pending_tool = None
+                continue
+            _emit_step(step, m.loss, out, r)
+            pending_tool = step.tool if step.tool and not step.is_final else None
+        elif pending_tool is not None and m.role in ("user", "tool"):
+            out.append(Message(role="tool", content=_OBSERVATION.sub("", m.content, count=1), name=m.name or pending_tool))
+            pending_tool = None
+        else:
+            out.append(replace(m, loss=False, capability="none"))
+            pending_tool = None
+    while out and out[-1].role != "assistant":  # e.g. FireAct's "Observation: Episode finished"
+        out.pop()
+    return out
+
+
+def _keep_react(record: Record) -> list[Message]:
+    """The original ReAct turns, tagged: a turn with an action teaches the format."""
+    tagged = []
+    for m in record.messages:
+        if m.role == "assistant":
+            cap = "instruction_following" if parse_step(m.content) is not None else _plain_capability(m.content)
+            tagged.append(replace(m, capability=cap))
+        else:
+            tagged.append(replace(m, loss=False, capability="none"))
+    return tagged
+
+
+def align_record(record: Record, seed: int, react_share: float) -> Record:
+    kind = record.meta.get("kind")
+    if record.meta.get("generated"):
+        return record
+    if kind == "general":
+        messages = [replace(m, capability="general" if m.role == "assistant" else "none") for m in record.messages]
+        return replace(record, messages=messages, meta={**record.meta, "format": "chat"})
+    if unit(seed, "react_share", record.id) < react_share:
+        return replace(record, messages=_keep_react(record), meta={**record.meta, "format": "react"})
+    return replace(record, messages=_to_chat(record, seed), meta={**record.meta, "format": "chat"})
+
+
+def make_format_following(record: Record, seed: int, per_25k: float) -> Record | Drop | None:
+    """A sample whose system prompt asks for ReAct or JSON output, built from a trajectory's first tool call."""
+    if record.meta.get("kind") != "agent" or record.meta.get("generated"):
+        return None
+    if unit(seed, "format_following", record.id) >= per_25k / 25_000:
+        return Drop("not_sampled")
+    query = None
+    for m in record.messages:
+        if m.role == "user":
+            query = m.content
+        elif m.role == "assistant" and (step := parse_step(m.content)) and step.tool and not step.is_final:
+            break
+    else:
+        return Drop("no_tool_step")
+    if query is None:
+        return Drop("no_query")
+    # Trajectories without schemas (FireAct, AgentInstruct) name their tools only in the actions.
+    tools = record.tools or [{"name": step.tool}]
+    r = rng(seed, "format_following", record.id)
+    fmt = r.choice(sorted(FORMAT_INSTRUCTIONS))
+    render = render_react if fmt == "react" else render_json_call
+    system = (
+        "You can call the following tools:\n"
+        + json.dumps(tools, ensure_ascii=False)
+        + "\n"
+        + FORMAT_INSTRUCTIONS[fmt]
+    )
+    messages = [
+        Message(role="system", content=system),
+        Message(role="user", content=query),
+        _assistant(render(step.thought, step.tool, step.arguments), "instruction_following", True),
+    ]
+    return Record(
+        id=f"{record.id}#format_following",
+        source=record.source,
+        bucket="format_following",
+        messages=messages,
+        tools=tools,
+        meta={"kind": "agent", "generated": "format_following", "output_format": fmt, "seed_id": record.id},
+    )

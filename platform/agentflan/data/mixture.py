@@ -1,0 +1,64 @@
+"""Stage 5, the mixture: sample each bucket by its ratio, deterministically, and assign the split.
+
+A ratio ``r`` keeps each record ``floor(r)`` times plus once more with probability ``r - floor(r)``
+(seeded per record), so 0.5 halves a bucket and 2.5 repeats it 2.5 times on average. The validation split
+is drawn first and is never sampled or repeated: it stays a fixed held-out set while ratios change, which
+is what a Tune search over ratios needs to compare trials.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import replace
+
+from agentflan.data.record import Record
+from agentflan.data.stage import Drop, unit
+
+TOKEN_COUNTER = r"\w+|[^\w\s] (regex pre-tokens; training re-counts with the model's tokenizer)"
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> int:
+    return len(_TOKEN.findall(text))
+
+
+def split_of(record_id: str, seed: int, validation_fraction: float) -> str:
+    return "validation" if unit(seed, "split", record_id) < validation_fraction else "train"
+
+
+def mix_record(record: Record, ratios: dict[str, float], seed: int, validation_fraction: float) -> list[Record] | Drop:
+    split = split_of(record.id, seed, validation_fraction)
+    meta = {**record.meta, "split": split}
+    if split == "validation":
+        return [replace(record, meta=meta)]
+    r = ratios.get(record.bucket, 1.0)
+    k = math.floor(r) + (1 if unit(seed, "mixture", record.id) < r - math.floor(r) else 0)
+    if k == 0:
+        return Drop("sampled_out")
+    first = replace(record, meta=meta)
+    copies = [replace(record, id=f"{record.id}~{j}", meta={**meta, "copy_of": record.id}) for j in range(1, k)]
+    return [first, *copies]
+
+
+def bucket_stats(records: list[Record]) -> dict[str, dict[str, Counter[str]]]:
+    """Records and tokens per bucket, and turns and trained tokens per capability."""
+    buckets: dict[str, Counter[str]] = {}
+    caps: dict[str, Counter[str]] = {}
+    for rec in records:
+        b = buckets.setdefault(rec.bucket, Counter())
+        b["records"] += 1
+        for m in rec.messages:
+            n = count_tokens(m.content)
+            b["tokens"] += n
+            if m.role != "assistant":
+                continue
+            c = caps.setdefault(m.capability, Counter())
+            c["turns"] += 1
+            if m.loss and m.weight > 0:
+                b["trained_tokens"] += n
+                c["trained_turns"] += 1
+                c["trained_tokens"] += n
+                c["weighted_tokens"] += n * m.weight  # type: ignore[assignment]
+    return {"buckets": buckets, "capabilities": caps}

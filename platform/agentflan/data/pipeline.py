@@ -1,0 +1,331 @@
+"""The corpus pipeline: raw files -> canonical records -> aligned -> decomposed (+ negatives) -> mixture.
+
+Two passes, each a chain of pure batch functions that Ray Data maps (or, with ``data.engine=local``, one
+Python process runs over the same batches):
+
+* **Pass A** ``read -> filter -> format_following -> align -> decompose`` writes ``decomposed/``. The sink
+  also collects the pool of tool lists that case (b) negatives draw from, which needs the whole corpus.
+* **Pass B** ``negatives -> mixture`` reads ``decomposed/`` and writes ``corpus/``. A Tune trial that only
+  changes ratios re-runs pass B alone.
+
+Outputs under ``output_dir``: ``corpus/`` and ``decomposed/`` (parquet shards), ``quarantine/`` (each bad
+record with its reason and ``file:line``), ``filtered/`` (ids and reasons of dropped records) and
+``manifest.json`` (config, fingerprint, per-stage counts, bucket and capability statistics).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agentflan.config import Config, InputSpec
+from agentflan.data.align import align_record, make_format_following
+from agentflan.data.decompose import decompose_record
+from agentflan.data.filtering import filter_record
+from agentflan.data.mixture import TOKEN_COUNTER, bucket_stats, mix_record
+from agentflan.data.negatives import NegativeSampler, load_tool_pool_file
+from agentflan.data.readers import RecordError, expand_inputs, is_agent_record, iter_raw_items, parse_item, read_bytes
+from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Message, Record
+from agentflan.data.responders import make_responder
+from agentflan.data.sink import PassSink, row_hash
+from agentflan.data.stage import Drop, Row, count_row, generate, map_records
+
+PASS_A_SCHEMA = ROW_SCHEMA.append(pa.field("hash", pa.string()))
+PASS_B_SCHEMA = pa.schema(
+    [*CORPUS_SCHEMA, *(f for f in ROW_SCHEMA if f.name not in CORPUS_SCHEMA.names), pa.field("hash", pa.string())]
+)
+STAGES = ("read", "filter", "format_following", "align", "decompose", "negatives", "mixture")
+
+
+class PipelineError(RuntimeError):
+    """A problem with the inputs as a whole (no files found, say), reported before any work."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    source: str
+    kind: str
+
+
+def resolve_inputs(specs: list[InputSpec]) -> list[InputFile]:
+    files: list[InputFile] = []
+    for spec in specs:
+        paths = expand_inputs(spec.path)
+        if not paths or ("://" not in spec.path and not all(Path(p).is_file() for p in paths)):
+            raise PipelineError(f"data.inputs: no input files found at {spec.path!r}")
+        for p in paths:
+            files.append(InputFile(p, spec.source or Path(p).stem, spec.kind))
+    return files
+
+
+# ------------------------------------------------------------------------------------------ pass A
+
+
+def read_file(file: dict[str, Any], max_record_bytes: int) -> Iterator[dict[str, Any]]:
+    """One input file -> raw items (Ray Data flat_map)."""
+    try:
+        data = read_bytes(file["path"])
+    except OSError as e:
+        yield {"path": file["path"], "line": 0, "raw": "", "error": f"unreadable_file: {e}", **_spec(file)}
+        return
+    for item in iter_raw_items(file["path"], data, max_record_bytes):
+        yield {**item, **_spec(file)}
+
+
+def _spec(file: dict[str, Any]) -> dict[str, str]:
+    return {"source": file["source"], "kind": file["kind"]}
+
+
+def read_stage(items: list[dict[str, Any]]) -> list[Row]:
+    """Raw items -> ok rows, or quarantined rows carrying the raw text, ``file:line`` and the reason."""
+    rows: list[Row] = []
+    quarantined: Counter[str] = Counter()
+    formats: dict[str, Counter[str]] = {}
+    for item in items:
+        origin = f"{item['path']}:{item['line']}"
+        try:
+            record, fmt = parse_item(item, item["source"])
+        except RecordError as e:
+            quarantined[e.code] += 1
+            rows.append(
+                {
+                    "id": f"{Path(item['path']).stem}:L{item['line']}",
+                    "source": item["source"],
+                    "bucket": "",
+                    "messages": "[]",
+                    "tools": "[]",
+                    "meta": "{}",
+                    "status": "quarantined",
+                    "stage": "read",
+                    "reason": f"{e.code}: {e.detail}",
+                    "origin": origin,
+                    "raw": item["raw"],
+                }
+            )
+            continue
+        kind = item["kind"] if item["kind"] != "auto" else ("agent" if is_agent_record(record) else "general")
+        record = replace(
+            record, bucket="general" if kind == "general" else record.source, meta={**record.meta, "kind": kind}
+        )
+        formats.setdefault(item["path"], Counter())[fmt] += 1
+        rows.append(record.to_row())
+    counts = count_row("read", len(items), len(items) - sum(quarantined.values()), Counter(), quarantined)
+    meta = json.loads(counts["meta"])
+    meta["extra"] = {"formats": {p: dict(c) for p, c in formats.items()}}
+    counts["meta"] = json.dumps(meta)
+    return [*rows, counts]
+
+
+def pass_a(items: list[dict[str, Any]], cfg: Config) -> list[Row]:
+    d = cfg.data
+    rows = read_stage(items)
+    rows = map_records(rows, "filter", filter_record)
+    ff = functools.partial(make_format_following, seed=cfg.seed, per_25k=d.format_following_per_25k)
+    rows = generate(rows, "format_following", lambda recs: [ff(r) for r in recs])
+    rows = map_records(rows, "align", functools.partial(align_record, seed=cfg.seed, react_share=d.react_share))
+    decompose = functools.partial(
+        decompose_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=cfg.seed
+    )
+    rows = map_records(rows, "decompose", decompose)
+    for row in rows:
+        row["hash"] = row_hash(row["id"], row["bucket"], row["messages"], row["tools"], row["meta"]) if row["status"] == "ok" else ""
+    return rows
+
+
+def pass_a_batch(batch: pa.Table, cfg: Config) -> pa.Table:
+    return pa.Table.from_pylist(pass_a(batch.to_pylist(), cfg), schema=PASS_A_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------------ pass B
+
+
+def _to_corpus_row(row: Row) -> Row:
+    if row["status"] != "ok":
+        return {**row, "messages": [], "split": ""}
+    meta = json.loads(row["meta"])
+    split = meta.get("split", "train")
+    return {
+        **row,
+        "split": split,
+        "messages": json.loads(row["messages"]),
+        "hash": row_hash(row["id"], row["bucket"], split, row["messages"], row["tools"], row["meta"]),
+    }
+
+
+class PassB:
+    """negatives -> mixture -> corpus rows. A class so Ray can keep a model-backed responder in an actor."""
+
+    def __init__(self, cfg: Config, tool_pool: list[str]) -> None:
+        d = cfg.data
+        self.cfg = cfg
+        self.sampler = None
+        if d.negatives.enabled:
+            responder = make_responder(d.negatives.responder, cfg.seed)
+            self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed)
+        decompose = functools.partial(
+            decompose_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=cfg.seed
+        )
+        self._decompose: Callable[[Record], Record | Drop] = decompose
+
+    def _negatives(self, records: list[Record]) -> list[Record | Drop | None]:
+        assert self.sampler is not None
+        out: list[Record | Drop | None] = []
+        for r in self.sampler(records):
+            out.append(self._decompose(r) if isinstance(r, Record) else r)
+        return out
+
+    def rows(self, rows: list[Row]) -> list[Row]:
+        d = self.cfg.data
+        for row in rows:
+            row.setdefault("status", "ok")
+        if self.sampler is not None:
+            rows = generate(rows, "negatives", self._negatives)
+        mix = functools.partial(
+            mix_record, ratios=d.mixture.ratios, seed=self.cfg.seed, validation_fraction=d.validation_fraction
+        )
+        rows = map_records(rows, "mixture", mix)
+        stats = bucket_stats([Record.from_row(r) for r in rows if r["status"] == "ok"])
+        stats_row = count_row("stats", 0, 0, Counter(), Counter())
+        stats_row["meta"] = json.dumps({"in": 0, "out": 0, "extra": stats})
+        rows.append(stats_row)
+        return [_to_corpus_row(r) for r in rows]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist(self.rows(batch.to_pylist()), schema=PASS_B_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+def _chunks(it: Iterator[dict[str, Any]], n: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_local(cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]) -> tuple[PassSink, PassSink]:
+    d = cfg.data
+    sink_a = PassSink(out, "decomposed", ROW_SCHEMA.append(pa.field("hash", pa.string())), d.negatives.tool_pool_size)
+    for i, f in enumerate(files, 1):
+        progress(f"pass A: file {i}/{len(files)} {f.path}")
+        for chunk in _chunks(read_file(f.__dict__, d.max_record_bytes), d.batch_size):
+            sink_a.consume(pa.Table.from_pylist(pass_a(chunk, cfg), schema=PASS_A_SCHEMA))
+    sink_a.close()
+    pass_b = PassB(cfg, tool_pool(cfg, sink_a))
+    sink_b = PassSink(out, "corpus", PASS_B_SCHEMA)
+    progress("pass B: negatives and mixture")
+    for shard in sorted((out / "decomposed").glob("part-*.parquet")):
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=d.batch_size):
+            sink_b.consume(pass_b(pa.Table.from_batches([batch])))
+    sink_b.close()
+    return sink_a, sink_b
+
+
+def _run_ray(cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]) -> tuple[PassSink, PassSink]:
+    import ray
+
+    from agentflan.ray_utils import ensure_ray
+
+    d = cfg.data
+    ensure_ray(d.num_cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # same rows in the same shards on every run
+    sink_a = PassSink(out, "decomposed", PASS_A_SCHEMA, d.negatives.tool_pool_size)
+    files_ds = ray.data.from_items([f.__dict__ for f in files], override_num_blocks=len(files))
+    ds = files_ds.flat_map(read_file, fn_kwargs={"max_record_bytes": d.max_record_bytes}).map_batches(
+        pass_a_batch, fn_kwargs={"cfg": cfg}, batch_size=d.batch_size, batch_format="pyarrow"
+    )
+    progress("pass A: read -> filter -> format_following -> align -> decompose")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink_a.consume(batch)
+    sink_a.close()
+    progress("pass B: negatives -> mixture")
+    sink_b = PassSink(out, "corpus", PASS_B_SCHEMA)
+    src = ray.data.read_parquet(str(out / "decomposed"))
+    pool = tool_pool(cfg, sink_a)
+    if d.negatives.enabled and d.negatives.responder.kind != "template":
+        # A model-backed responder lives in actors so the model loads once per worker.
+        ds = src.map_batches(
+            PassB, fn_constructor_kwargs={"cfg": cfg, "tool_pool": pool}, concurrency=1,
+            batch_size=d.batch_size, batch_format="pyarrow",
+        )
+    else:
+        ds = src.map_batches(_pass_b_task, fn_kwargs={"cfg": cfg, "tool_pool": pool}, batch_size=d.batch_size, batch_format="pyarrow")
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        sink_b.consume(batch)
+    sink_b.close()
+    return sink_a, sink_b
+
+
+def tool_pool(cfg: Config, sink_a: PassSink) -> list[str]:
+    """Tool lists for case (b) negatives: the corpus's own, then those of ``negatives.tool_pool_files``."""
+    pool = sink_a.tool_pool()
+    for path in cfg.data.negatives.tool_pool_files:
+        pool += [t for t in load_tool_pool_file(path) if t not in pool]
+    return pool
+
+
+def _pass_b_task(batch: pa.Table, cfg: Config, tool_pool: list[str]) -> pa.Table:
+    return PassB(cfg, tool_pool)(batch)
+
+
+def run_data(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the corpus pipeline; returns the manifest (also written to ``output_dir/manifest.json``)."""
+    files = resolve_inputs(cfg.data.inputs)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    runner = _run_ray if cfg.data.engine == "ray" else _run_local
+    sink_a, sink_b = runner(cfg, files, out, progress)
+    stages = sink_a.counts.as_list() + [s for s in sink_b.counts.as_list() if s["name"] != "stats"]
+    stats = sink_b.counts.extra
+    manifest = {
+        "name": cfg.name,
+        "fingerprint": sink_b.fingerprint(),
+        "decomposed_fingerprint": sink_a.fingerprint(),
+        "config": cfg.model_dump(mode="json"),
+        "engine": cfg.data.engine,
+        "seconds": round(time.time() - t0, 2),
+        "inputs": [f.__dict__ for f in files],
+        "formats": sink_a.counts.extra.get("formats", {}),
+        "stages": stages,
+        "rows": {"corpus": sink_b.rows, "decomposed": sink_a.rows},
+        "splits": _split_counts(out / "corpus"),
+        "buckets": stats.get("buckets", {}),
+        "capabilities": stats.get("capabilities", {}),
+        "token_counter": TOKEN_COUNTER,
+        "tool_pool_size": len(tool_pool(cfg, sink_a)),
+        "outputs": {k: str(out / k) for k in ("corpus", "decomposed", "quarantine", "filtered")},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def _split_counts(corpus: Path) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for shard in corpus.glob("part-*.parquet"):
+        counts.update(pq.read_table(shard, columns=["split"]).column("split").to_pylist())
+    return dict(sorted(counts.items()))
+
+
+def corpus_files(output_dir: str | Path) -> list[str]:
+    """The corpus shards, for ``datasets.load_dataset("parquet", data_files=...)``."""
+    return sorted(str(p) for p in (Path(output_dir) / "corpus").glob("part-*.parquet"))
+
+
+__all__ = ["run_data", "corpus_files", "Message", "PipelineError", "STAGES"]
