@@ -25,7 +25,9 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for n, r in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        lines.append(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -36,18 +38,28 @@ def summarize_data(manifest: dict[str, Any], out_dir: Path) -> str:
     for s in manifest["stages"]:
         reasons = {**s["filtered_reasons"], **{f"Q:{k}": v for k, v in s["quarantined_reasons"].items()}}
         top = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-        stage_rows.append([s["name"], s["in"], s["out"], s["filtered"], s["quarantined"], s.get("repeated", ""), top])
+        stage_rows.append(
+            [s["name"], s["in"], s["out"], s["filtered"], s["quarantined"], s.get("repeated", ""), top]
+        )
     parts = [
-        format_table(["stage", "in", "out", "filtered", "quarantined", "repeated", "top reasons"], stage_rows),
+        format_table(
+            ["stage", "in", "out", "filtered", "quarantined", "repeated", "top reasons"], stage_rows
+        ),
         "",
         format_table(
             ["bucket", "records", "tokens", "trained tokens"],
-            [[b, v.get("records", 0), v.get("tokens", 0), v.get("trained_tokens", 0)] for b, v in sorted(manifest["buckets"].items())],
+            [
+                [b, v.get("records", 0), v.get("tokens", 0), v.get("trained_tokens", 0)]
+                for b, v in sorted(manifest["buckets"].items())
+            ],
         ),
         "",
         format_table(
             ["capability", "turns", "trained turns", "trained tokens"],
-            [[c, v.get("turns", 0), v.get("trained_turns", 0), v.get("trained_tokens", 0)] for c, v in sorted(manifest["capabilities"].items())],
+            [
+                [c, v.get("turns", 0), v.get("trained_turns", 0), v.get("trained_tokens", 0)]
+                for c, v in sorted(manifest["capabilities"].items())
+            ],
         ),
         "",
         f"corpus rows: {manifest['rows']['corpus']} {manifest['splits']}   fingerprint: {manifest['fingerprint'][:16]}",
@@ -75,12 +87,19 @@ COMMANDS = {"data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentflan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="agentflan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("data", "build the Agent-FLAN corpus"),):
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1 data.engine=local")
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help="config overrides, e.g. seed=1 data.engine=local",
+        )
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.spec, args.overrides)

@@ -50,8 +50,9 @@ class ResponderConfig(_Strict):
     """Who writes the plain replies of negative samples."""
 
     kind: Literal["template", "hf", "openai"] = Field(
-        "template", description="template = offline rules over the corpus; hf = local transformers model; "
-        "openai = an OpenAI-compatible chat endpoint."
+        "template",
+        description="template = offline rules over the corpus; hf = local transformers model; "
+        "openai = an OpenAI-compatible chat endpoint.",
     )
     model: str | None = Field(None, description="HF model path/id, or the endpoint's model name.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
@@ -74,15 +75,23 @@ class NegativesConfig(_Strict):
 
     enabled: bool = True
     case_c_rate: float = Field(
-        0.05, ge=0, le=1, description="Share of agent trajectories whose query becomes a case (c) negative: "
-        "no tools offered, a query that looks like it needs one."
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of agent trajectories whose query becomes a case (c) negative: "
+        "no tools offered, a query that looks like it needs one.",
     )
     case_b_rate: float = Field(
-        0.5, ge=0, le=1, description="Share of general chats that become a case (b) negative: tools offered "
-        "that the query does not need."
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of general chats that become a case (b) negative: tools offered "
+        "that the query does not need.",
     )
     max_query_chars: int = Field(2000, gt=0)
-    tool_pool_size: int = Field(256, gt=0, description="Distinct tool lists kept from the corpus for case (b).")
+    tool_pool_size: int = Field(
+        256, gt=0, description="Distinct tool lists kept from the corpus for case (b)."
+    )
     tool_pool_files: list[str] = Field(
         default_factory=list,
         description="Extra tool lists for case (b): ToolBench query files (items with api_list) or JSON lists of tool lists.",
@@ -122,7 +131,8 @@ class DataConfig(_Strict):
     )
     capability_weights: CapabilityWeights = CapabilityWeights()
     weight_strategy: Literal["mask", "loss_weight"] = Field(
-        "mask", description="mask = switch a turn's loss off with probability 1-w; loss_weight = scale its loss by w."
+        "mask",
+        description="mask = switch a turn's loss off with probability 1-w; loss_weight = scale its loss by w.",
     )
     negatives: NegativesConfig = NegativesConfig()
     mixture: MixtureConfig = MixtureConfig()

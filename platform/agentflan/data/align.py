@@ -100,7 +100,11 @@ def _to_chat(record: Record, seed: int) -> list[Message]:
             _emit_step(step, m.loss, out, r)
             pending_tool = step.tool if step.tool and not step.is_final else None
         elif pending_tool is not None and m.role in ("user", "tool"):
-            out.append(Message(role="tool", content=_OBSERVATION.sub("", m.content, count=1), name=m.name or pending_tool))
+            out.append(
+                Message(
+                    role="tool", content=_OBSERVATION.sub("", m.content, count=1), name=m.name or pending_tool
+                )
+            )
             pending_tool = None
         else:
             out.append(replace(m, loss=False, capability="none"))
@@ -115,7 +119,9 @@ def _keep_react(record: Record) -> list[Message]:
     tagged = []
     for m in record.messages:
         if m.role == "assistant":
-            cap = "instruction_following" if parse_step(m.content) is not None else _plain_capability(m.content)
+            cap = (
+                "instruction_following" if parse_step(m.content) is not None else _plain_capability(m.content)
+            )
             tagged.append(replace(m, capability=cap))
         else:
             tagged.append(replace(m, loss=False, capability="none"))
@@ -127,7 +133,9 @@ def align_record(record: Record, seed: int, react_share: float) -> Record:
     if record.meta.get("generated"):
         return record
     if kind == "general":
-        messages = [replace(m, capability="general" if m.role == "assistant" else "none") for m in record.messages]
+        messages = [
+            replace(m, capability="general" if m.role == "assistant" else "none") for m in record.messages
+        ]
         return replace(record, messages=messages, meta={**record.meta, "format": "chat"})
     if unit(seed, "react_share", record.id) < react_share:
         return replace(record, messages=_keep_react(record), meta={**record.meta, "format": "react"})

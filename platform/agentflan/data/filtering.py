@@ -13,8 +13,9 @@ from dataclasses import replace
 
 from agentflan.data.react import parse_step
 from agentflan.data.record import Record
-from agentflan.data.stage import Drop
+from agentflan.data.stage import Drop, Quarantine
 
+_ACTION_INPUT = re.compile(r"^\s*Action\s*Input\s*:", re.M | re.I)
 _QUESTION = re.compile(r"^\s*Question\s*\d*\s*:", re.M)
 _NUMBERED_REACT = re.compile(r"^\s*(?:Thought|Action|Observation)\s+\d+\s*:", re.M)
 # Lines of the ToolBench DFSDT system prompt that only make sense inside the tree search.
@@ -41,8 +42,25 @@ def strip_dfsdt_preface(text: str) -> tuple[str, bool]:
 
 def _is_toolbench(record: Record, steps: list) -> bool:
     return any(s.tool and s.tool.lower() == "finish" for s in steps) or any(
-        "Finish" == t.get("name") for t in record.tools if isinstance(t, dict)
+        t.get("name") == "Finish" for t in record.tools if isinstance(t, dict)
     )
+
+
+def _check_action_inputs(messages: list) -> None:
+    """In the ``Action Input:`` dialect (ToolLLaMA) every action needs its input: one without is broken."""
+    assistant = [(i, m.content) for i, m in enumerate(messages) if m.role == "assistant"]
+    if not any(_ACTION_INPUT.search(text) for _, text in assistant):
+        return
+    for i, text in assistant:
+        step = parse_step(text)
+        if (
+            step is not None
+            and step.tool
+            and step.final_answer is None
+            and not step.gave_up
+            and step.arguments is None
+        ):
+            raise Quarantine("action_without_input", f"message {i}: Action {step.tool!r} has no Action Input")
 
 
 def filter_record(record: Record) -> Record | Drop:
@@ -64,6 +82,7 @@ def filter_record(record: Record) -> Record | Drop:
     steps = [s for m in messages if m.role == "assistant" and (s := parse_step(m.content)) is not None]
     if not any(s.tool for s in steps):
         return Drop("not_react")
+    _check_action_inputs(messages)
     if _is_toolbench(record, steps):
         last = steps[-1]
         if last.gave_up:

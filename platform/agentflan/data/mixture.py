@@ -28,7 +28,9 @@ def split_of(record_id: str, seed: int, validation_fraction: float) -> str:
     return "validation" if unit(seed, "split", record_id) < validation_fraction else "train"
 
 
-def mix_record(record: Record, ratios: dict[str, float], seed: int, validation_fraction: float) -> list[Record] | Drop:
+def mix_record(
+    record: Record, ratios: dict[str, float], seed: int, validation_fraction: float
+) -> list[Record] | Drop:
     split = split_of(record.id, seed, validation_fraction)
     meta = {**record.meta, "split": split}
     if split == "validation":
@@ -38,7 +40,9 @@ def mix_record(record: Record, ratios: dict[str, float], seed: int, validation_f
     if k == 0:
         return Drop("sampled_out")
     first = replace(record, meta=meta)
-    copies = [replace(record, id=f"{record.id}~{j}", meta={**meta, "copy_of": record.id}) for j in range(1, k)]
+    copies = [
+        replace(record, id=f"{record.id}~{j}", meta={**meta, "copy_of": record.id}) for j in range(1, k)
+    ]
     return [first, *copies]
 
 

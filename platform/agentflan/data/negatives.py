@@ -74,11 +74,16 @@ def _toolbench_api(api: dict) -> dict:
         "parameters": {
             "type": "object",
             "properties": {
-                p["name"]: {"type": str(p.get("type", "string")).lower(), "description": p.get("description", "")}
+                p["name"]: {
+                    "type": str(p.get("type", "string")).lower(),
+                    "description": p.get("description", ""),
+                }
                 for p in params
                 if isinstance(p, dict) and "name" in p
             },
-            "required": [p["name"] for p in api.get("required_parameters", []) if isinstance(p, dict) and "name" in p],
+            "required": [
+                p["name"] for p in api.get("required_parameters", []) if isinstance(p, dict) and "name" in p
+            ],
         },
     }
 
@@ -141,7 +146,9 @@ class NegativeSampler:
             return Drop("no_query")
         tools = self.tool_pool[rng(self.seed, "negative_b_tools", record.id).randrange(len(self.tool_pool))]
         system = Message(role="system", content=TOOLS_SYSTEM_PROMPT.format(tools=tools))
-        return NegativeRequest(record.id, "b", [system, Message(role="user", content=query.content)], reply.content)
+        return NegativeRequest(
+            record.id, "b", [system, Message(role="user", content=query.content)], reply.content
+        )
 
     def __call__(self, records: list[Record]) -> list[Record | Drop | None]:
         planned = [self._request(r) for r in records]

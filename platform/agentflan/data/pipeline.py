@@ -33,7 +33,14 @@ from agentflan.data.decompose import decompose_record
 from agentflan.data.filtering import filter_record
 from agentflan.data.mixture import TOKEN_COUNTER, bucket_stats, mix_record
 from agentflan.data.negatives import NegativeSampler, load_tool_pool_file
-from agentflan.data.readers import RecordError, expand_inputs, is_agent_record, iter_raw_items, parse_item, read_bytes
+from agentflan.data.readers import (
+    RecordError,
+    expand_inputs,
+    is_agent_record,
+    iter_raw_items,
+    parse_item,
+    read_bytes,
+)
 from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Message, Record
 from agentflan.data.responders import make_responder
 from agentflan.data.sink import PassSink, row_hash
@@ -41,7 +48,11 @@ from agentflan.data.stage import Drop, Row, count_row, generate, map_records
 
 PASS_A_SCHEMA = ROW_SCHEMA.append(pa.field("hash", pa.string()))
 PASS_B_SCHEMA = pa.schema(
-    [*CORPUS_SCHEMA, *(f for f in ROW_SCHEMA if f.name not in CORPUS_SCHEMA.names), pa.field("hash", pa.string())]
+    [
+        *CORPUS_SCHEMA,
+        *(f for f in ROW_SCHEMA if f.name not in CORPUS_SCHEMA.names),
+        pa.field("hash", pa.string()),
+    ]
 )
 STAGES = ("read", "filter", "format_following", "align", "decompose", "negatives", "mixture")
 
@@ -115,7 +126,9 @@ def read_stage(items: list[dict[str, Any]]) -> list[Row]:
             continue
         kind = item["kind"] if item["kind"] != "auto" else ("agent" if is_agent_record(record) else "general")
         record = replace(
-            record, bucket="general" if kind == "general" else record.source, meta={**record.meta, "kind": kind}
+            record,
+            bucket="general" if kind == "general" else record.source,
+            meta={**record.meta, "kind": kind},
         )
         formats.setdefault(item["path"], Counter())[fmt] += 1
         rows.append(record.to_row())
@@ -132,13 +145,19 @@ def pass_a(items: list[dict[str, Any]], cfg: Config) -> list[Row]:
     rows = map_records(rows, "filter", filter_record)
     ff = functools.partial(make_format_following, seed=cfg.seed, per_25k=d.format_following_per_25k)
     rows = generate(rows, "format_following", lambda recs: [ff(r) for r in recs])
-    rows = map_records(rows, "align", functools.partial(align_record, seed=cfg.seed, react_share=d.react_share))
+    rows = map_records(
+        rows, "align", functools.partial(align_record, seed=cfg.seed, react_share=d.react_share)
+    )
     decompose = functools.partial(
         decompose_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=cfg.seed
     )
     rows = map_records(rows, "decompose", decompose)
     for row in rows:
-        row["hash"] = row_hash(row["id"], row["bucket"], row["messages"], row["tools"], row["meta"]) if row["status"] == "ok" else ""
+        row["hash"] = (
+            row_hash(row["id"], row["bucket"], row["messages"], row["tools"], row["meta"])
+            if row["status"] == "ok"
+            else ""
+        )
     return rows
 
 
@@ -218,16 +237,20 @@ def _chunks(it: Iterator[dict[str, Any]], n: int) -> Iterator[list[dict[str, Any
         yield chunk
 
 
-def _run_local(cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]) -> tuple[PassSink, PassSink]:
+def _run_local(
+    cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]
+) -> tuple[PassSink, PassSink]:
     d = cfg.data
-    sink_a = PassSink(out, "decomposed", ROW_SCHEMA.append(pa.field("hash", pa.string())), d.negatives.tool_pool_size)
+    sink_a = PassSink(
+        out, "decomposed", ROW_SCHEMA.append(pa.field("hash", pa.string())), d.negatives.tool_pool_size
+    )
     for i, f in enumerate(files, 1):
         progress(f"pass A: file {i}/{len(files)} {f.path}")
         for chunk in _chunks(read_file(f.__dict__, d.max_record_bytes), d.batch_size):
             sink_a.consume(pa.Table.from_pylist(pass_a(chunk, cfg), schema=PASS_A_SCHEMA))
     sink_a.close()
     pass_b = PassB(cfg, tool_pool(cfg, sink_a))
-    sink_b = PassSink(out, "corpus", PASS_B_SCHEMA)
+    sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
     progress("pass B: negatives and mixture")
     for shard in sorted((out / "decomposed").glob("part-*.parquet")):
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=d.batch_size):
@@ -236,7 +259,9 @@ def _run_local(cfg: Config, files: list[InputFile], out: Path, progress: Callabl
     return sink_a, sink_b
 
 
-def _run_ray(cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]) -> tuple[PassSink, PassSink]:
+def _run_ray(
+    cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]
+) -> tuple[PassSink, PassSink]:
     import ray
 
     from agentflan.ray_utils import ensure_ray
@@ -255,17 +280,25 @@ def _run_ray(cfg: Config, files: list[InputFile], out: Path, progress: Callable[
         sink_a.consume(batch)
     sink_a.close()
     progress("pass B: negatives -> mixture")
-    sink_b = PassSink(out, "corpus", PASS_B_SCHEMA)
+    sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
     src = ray.data.read_parquet(str(out / "decomposed"))
     pool = tool_pool(cfg, sink_a)
     if d.negatives.enabled and d.negatives.responder.kind != "template":
         # A model-backed responder lives in actors so the model loads once per worker.
         ds = src.map_batches(
-            PassB, fn_constructor_kwargs={"cfg": cfg, "tool_pool": pool}, concurrency=1,
-            batch_size=d.batch_size, batch_format="pyarrow",
+            PassB,
+            fn_constructor_kwargs={"cfg": cfg, "tool_pool": pool},
+            concurrency=1,
+            batch_size=d.batch_size,
+            batch_format="pyarrow",
         )
     else:
-        ds = src.map_batches(_pass_b_task, fn_kwargs={"cfg": cfg, "tool_pool": pool}, batch_size=d.batch_size, batch_format="pyarrow")
+        ds = src.map_batches(
+            _pass_b_task,
+            fn_kwargs={"cfg": cfg, "tool_pool": pool},
+            batch_size=d.batch_size,
+            batch_format="pyarrow",
+        )
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         sink_b.consume(batch)
     sink_b.close()

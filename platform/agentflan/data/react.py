@@ -34,7 +34,6 @@ _FENCE = re.compile(r"```[\w+-]*\n?(.*?)```", re.S)
 _FINISH_TOOLS = {"finish", "answer", "final answer", "final_answer"}
 
 
-
 @dataclass(frozen=True)
 class Step:
     """One parsed assistant turn of a ReAct trajectory."""

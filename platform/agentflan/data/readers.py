@@ -30,6 +30,7 @@ from typing import Any
 
 from agentflan.data.react import parse_step, render_react
 from agentflan.data.record import Message, Record, validate_messages
+from agentflan.data.stage import Quarantine
 
 _ROLE_ALIASES = {
     "system": "system",
@@ -47,17 +48,8 @@ _ROLE_ALIASES = {
 _TOOLLLAMA_APIS = re.compile(r"Specifically, you have access to the following APIs:\s*(\[.*\])\s*$", re.S)
 
 
-class RecordError(ValueError):
-    """A raw item that cannot become a record.
-
-    ``code`` is the short reason class counted in the manifest (``invalid_json``, ``bad_message``, ...);
-    the message is the detail written to the quarantine next to the file and line.
-    """
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-        self.detail = detail
+class RecordError(Quarantine):
+    """A raw item that cannot become a record (``invalid_json``, ``bad_message``, ...)."""
 
 
 def expand_inputs(path: str) -> list[str]:
@@ -133,7 +125,9 @@ def _json_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]:
         try:
             _, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield _item(path, e.lineno, text[pos:], f"invalid_json: {e.msg} at line {e.lineno}, column {e.colno}")
+            yield _item(
+                path, e.lineno, text[pos:], f"invalid_json: {e.msg} at line {e.lineno}, column {e.colno}"
+            )
             return
         raw = text[pos:end]
         yield _item(path, line, raw, _too_large(len(raw.encode()), limit) if len(raw) > limit else "")
@@ -205,7 +199,9 @@ def _from_conversations(turns: list[Any]) -> list[Message]:
             raise RecordError("bad_message", f"message {i}: missing key 'value'")
         content = t["value"]
         if not isinstance(content, str):
-            raise RecordError("bad_message", f"message {i}: value is {type(content).__name__}, expected a string")
+            raise RecordError(
+                "bad_message", f"message {i}: value is {type(content).__name__}, expected a string"
+            )
         out.append(Message(role=role, content=content, loss=_loss(t.get("loss"), role)))  # type: ignore[arg-type]
     return out
 
@@ -235,7 +231,9 @@ def _from_messages(turns: list[Any]) -> list[Message]:
         if content is None:
             raise RecordError("bad_message", f"message {i}: missing key 'content'")
         if not isinstance(content, str):
-            raise RecordError("bad_message", f"message {i}: content is {type(content).__name__}, expected a string")
+            raise RecordError(
+                "bad_message", f"message {i}: content is {type(content).__name__}, expected a string"
+            )
         name = t.get("name") if role == "tool" else None
         out.append(Message(role=role, content=content, loss=_loss(t.get("loss"), role), name=name))  # type: ignore[arg-type]
     return out
@@ -247,7 +245,11 @@ def detect_format(obj: Any) -> str:
         raise RecordError("unrecognised_schema", f"expected a JSON object, got {type(obj).__name__}")
     if "answer_generation" in obj:
         return "toolbench_dfs"
-    for key, fmt in (("conversations", "conversations"), ("messages", "messages"), ("conversation", "agentflan")):
+    for key, fmt in (
+        ("conversations", "conversations"),
+        ("messages", "messages"),
+        ("conversation", "agentflan"),
+    ):
         if key in obj:
             if not isinstance(obj[key], list):
                 raise RecordError("bad_message", f"'{key}' is {type(obj[key]).__name__}, expected a list")

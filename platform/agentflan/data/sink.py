@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 
 from agentflan.data.record import QUARANTINE_SCHEMA
 
-FILTERED_SCHEMA = pa.schema([("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("origin", pa.string())])
+FILTERED_SCHEMA = pa.schema(
+    [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("origin", pa.string())]
+)
 
 
 class ShardWriter:

@@ -30,6 +30,18 @@ class Drop:
     reason: str
 
 
+class Quarantine(ValueError):
+    """Raised by a stage for a record that is malformed (not merely unwanted): it goes to the quarantine.
+
+    ``code`` is the short reason class counted in the manifest; the message is the detail.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
 def unit(seed: int, *keys: object) -> float:
     """A number in [0, 1) fixed by the seed and the keys: the same record gets the same draw on any worker."""
     h = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
@@ -67,12 +79,21 @@ def count_row(
 
 
 def _error_reason(e: BaseException) -> str:
+    if isinstance(e, Quarantine):
+        return str(e)
     where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
     at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"{type(e).__name__}: {e}{at}"
 
 
-def map_records(rows: Iterable[Row], stage: str, fn: Callable[[Record], Record | Drop | list[Record]]) -> list[Row]:
+def _reason_code(e: BaseException) -> str:
+    """The manifest's reason class: a Quarantine's code, else the exception type (a bug to fix)."""
+    return e.code if isinstance(e, Quarantine) else f"error:{type(e).__name__}"
+
+
+def map_records(
+    rows: Iterable[Row], stage: str, fn: Callable[[Record], Record | Drop | list[Record]]
+) -> list[Row]:
     """Apply ``fn`` to every ok record. ``fn`` returns the record (changed or not), a :class:`Drop`,
     or a list whose first element replaces the record and whose others are copies of it (counted as
     ``repeated``, outside ``in == out + filtered + quarantined``).
@@ -93,7 +114,7 @@ def map_records(rows: Iterable[Row], stage: str, fn: Callable[[Record], Record |
             result = fn(Record.from_row(row))
         except Exception as e:  # noqa: BLE001 - any failure of one record goes to quarantine
             reason = _error_reason(e)
-            quarantined[reason.split(":", 1)[0]] += 1
+            quarantined[_reason_code(e)] += 1
             out.append(tombstone(row, stage, "quarantined", reason, keep_raw=True))
             continue
         if isinstance(result, Drop):
@@ -142,7 +163,7 @@ def generate(
         n_in += 1
         if isinstance(result, BaseException):
             reason = _error_reason(result)
-            quarantined[reason.split(":", 1)[0]] += 1
+            quarantined[_reason_code(result)] += 1
             bad = tombstone(row, stage, "quarantined", reason, keep_raw=True)
             out.append({**bad, "id": f"{row['id']}#{stage}"})
         elif isinstance(result, Drop):
