@@ -1,6 +1,7 @@
 """The ``agentflan`` command.
 
     agentflan data SPEC.yaml [key=value ...]     build the Agent-FLAN corpus
+    agentflan train SPEC.yaml [key=value ...]    fine-tune on it (builds the corpus first if needed)
 
 A bad spec or input is reported in one clear message (exit code 2), never as a traceback.
 """
@@ -83,7 +84,45 @@ def cmd_data(cfg: Config) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data}
+def corpus_is_current(cfg: Config) -> bool:
+    """A corpus under output_dir built from the same data config and seed can be reused as it is."""
+    import json
+
+    manifest = Path(cfg.output_dir) / "manifest.json"
+    if not manifest.exists():
+        return False
+    built = json.loads(manifest.read_text())["config"]
+    return built.get("data") == cfg.data.model_dump(mode="json") and built.get("seed") == cfg.seed
+
+
+def cmd_train(cfg: Config) -> int:
+    from agentflan.train.recipe import run_train
+
+    if corpus_is_current(cfg):
+        _progress(f"corpus under {cfg.output_dir} is current: skipping the data stage")
+    elif (code := cmd_data(cfg)) != 0:
+        return code
+    summary = run_train(cfg, progress=_progress)
+    final = summary["final"]
+    print(
+        format_table(
+            ["steps", "loss", "tokens/s", "real-token share", "model", "mlflow run"],
+            [
+                [
+                    summary["steps"],
+                    f"{final.get('loss', float('nan')):.4f}",
+                    f"{final.get('tokens_per_s', 0):.0f}",
+                    f"{final.get('real_token_share', 0):.2f}",
+                    summary["model_dir"],
+                    summary["run_id"],
+                ]
+            ],
+        )
+    )
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="agentflan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("data", "build the Agent-FLAN corpus"),):
+    for name, help_ in (("data", "build the Agent-FLAN corpus"), ("train", "fine-tune on the corpus")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
         p.add_argument(

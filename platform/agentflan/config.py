@@ -146,11 +146,102 @@ class DataConfig(_Strict):
         return [{"path": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
 
+class LoraConfig(_Strict):
+    """LoRA through peft (``pip install agentflan[lora]``); the paper did a full fine-tune."""
+
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class ModelConfig(_Strict):
+    """The model to fine-tune. Without ``name_or_path``, a tiny Llama is initialised from its config and a
+    byte-level BPE tokenizer is trained on the corpus: the embedded default, which needs no download."""
+
+    name_or_path: str | None = Field(None, description="HF hub id or local path of the model to fine-tune.")
+    tokenizer: str | None = Field(None, description="Tokenizer path/id; defaults to name_or_path.")
+    template: Literal["chatml", "llama2", "agentflan", "model"] = Field(
+        "chatml", description="Chat template: a named one, or `model` for the tokenizer's own chat_template."
+    )
+    vocab_size: int = Field(2048, ge=300, description="Vocabulary of a tokenizer trained on the corpus.")
+    hidden_size: int = Field(64, gt=0, description="Tiny model width (no name_or_path).")
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = LoraConfig()
+
+
+class ScalingSpec(_Strict):
+    """Ray Train's ScalingConfig: one GPU per worker when use_gpu."""
+
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+
+
+class DeepSpeedSpec(_Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Merged last into the generated DeepSpeed config (nested keys)."
+    )
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    seq_len: int = Field(1024, gt=8)
+    packing: bool = True
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    lr: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    global_batch_size: int = Field(32, gt=0, description="Rows (packed sequences) per optimizer step.")
+    micro_batch_size: int = Field(1, gt=0, description="Rows per worker per forward pass.")
+    scaling: ScalingSpec = ScalingSpec()
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    checkpoint_every: int = Field(50, gt=0, description="Optimizer steps between checkpoints.")
+    keep_checkpoints: int = Field(2, gt=0)
+    max_failures: int = Field(
+        0, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+    storage_path: str | None = Field(
+        None, description="Ray Train storage (checkpoints); default output_dir/ray."
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        per_step = self.micro_batch_size * self.scaling.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
+                f"num_workers = {per_step}"
+            )
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="Default: sqlite:///<output_dir>/mlflow.db")
+    experiment: str = "agentflan"
+
+
 class Config(_Strict):
     name: str = "agentflan"
     seed: int = 0
     output_dir: str = "outputs/run"
     data: DataConfig
+    train: TrainConfig = TrainConfig()
+    mlflow: MlflowConfig = MlflowConfig()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -308,7 +308,9 @@ def parse_item(item: dict[str, Any], source: str) -> tuple[Record, str]:
     has_id = isinstance(native_id, (str, int)) and str(native_id) != ""
     rid = f"{stem}:{native_id}" if has_id else f"{stem}:L{item['line']}"
     meta.update({"format": fmt, "origin": f"{item['path']}:{item['line']}", "file": stem})
-    return Record(id=rid, source=source, messages=messages, tools=tools, meta=meta), fmt
+    return Record(
+        id=rid, source=source, messages=messages, tools=tools, meta=meta, origin=meta["origin"]
+    ), fmt
 
 
 def is_agent_record(record: Record) -> bool:

@@ -79,9 +79,11 @@ class Record:
     messages: list[Message]
     tools: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-    # Which mixture bucket the record is sampled from: a source name, "general", "negatives",
-    # "format_following" or "react_format".
+    # Which mixture bucket the record is sampled from: a source name, "general", "negatives" or
+    # "format_following".
     bucket: str = ""
+    # "file:line" of the raw input it came from (for generated records: their seed's).
+    origin: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -94,7 +96,7 @@ class Record:
             "status": "ok",
             "stage": "",
             "reason": "",
-            "origin": self.meta.get("origin", ""),
+            "origin": self.origin or self.meta.get("origin", ""),
             "raw": "",
         }
 
@@ -107,6 +109,7 @@ class Record:
             messages=[Message.from_dict(m) for m in json.loads(row["messages"])],
             tools=json.loads(row["tools"]),
             meta=json.loads(row["meta"]),
+            origin=row.get("origin") or "",
         )
 
 

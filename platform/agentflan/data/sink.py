@@ -116,12 +116,19 @@ def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
 class PassSink:
     """Consumes the output batches of one pass."""
 
-    def __init__(self, out_dir: Path, ok_name: str, ok_schema: pa.Schema, tool_pool_size: int = 0) -> None:
-        self.ok = ShardWriter(out_dir / ok_name, ok_schema)
+    def __init__(
+        self,
+        out_dir: Path,
+        ok_name: str,
+        ok_schema: pa.Schema,
+        tool_pool_size: int = 0,
+        rows_per_shard: int = 50_000,
+    ) -> None:
+        self.ok = ShardWriter(out_dir / ok_name, ok_schema, rows_per_shard)
         self.quarantine = ShardWriter(out_dir / "quarantine" / ok_name, QUARANTINE_SCHEMA)
         self.filtered = ShardWriter(out_dir / "filtered" / ok_name, FILTERED_SCHEMA)
         self.counts = StageCounts()
-        self._hashes: list[bytes] = []
+        self._digest_sum = 0  # multiset hash: sum of row digests mod 2**256, order-free and O(1) memory
         self._pool_size = tool_pool_size
         self._pool: list[tuple[int, str]] = []  # max-heap (negated) of the smallest tool-list hashes
         self._pool_seen: set[str] = set()
@@ -136,7 +143,10 @@ class PassSink:
         if ok.num_rows == 0:
             return
         self.ok.write(ok)
-        self._hashes.extend(bytes.fromhex(h) for h in ok.column("hash").to_pylist())
+        for h in ok.column("hash").to_pylist():
+            self._digest_sum = (
+                self._digest_sum + int.from_bytes(hashlib.sha256(h.encode()).digest(), "big")
+            ) % 2**256
         if self._pool_size:  # real tool schemas only, not the names format-following samples list
             real = ok.filter(pc.not_equal(ok.column("bucket"), "format_following"))
             self._collect_tools(real.column("tools").to_pylist())
@@ -159,11 +169,9 @@ class PassSink:
         return [t for _, t in sorted(self._pool, key=lambda x: -x[0])]
 
     def fingerprint(self) -> str:
-        """Hash of the sorted row hashes: independent of the order rows arrive in."""
-        h = hashlib.sha256()
-        for row_hash in sorted(self._hashes):
-            h.update(row_hash)
-        return h.hexdigest()
+        """A hash of the multiset of written rows: independent of the order they arrive in (Ray Data
+        need not deliver blocks in input order) and computed in constant memory."""
+        return hashlib.sha256(self._digest_sum.to_bytes(32, "big")).hexdigest()
 
     @property
     def rows(self) -> int:

@@ -1,9 +1,13 @@
 """What every stage shares: seeded randomness, drops with reasons, and the per-batch count row.
 
-A stage is a pure function ``rows -> rows`` over a batch (a list of row dicts, see ``record.ROW_SCHEMA``).
-It touches only rows whose ``status`` is ``ok`` and passes every other row through unchanged. For each
-batch it appends one *count row* (``status == "count"``) holding how many ok rows came in, how many went
-out, and the reasons for the rest; the pipeline sums count rows to build the manifest, and checks that
+A stage is a pure function over a batch of *entries*: a :class:`~agentflan.data.record.Record` for each
+live record, and marker rows (dicts in ``record.ROW_SCHEMA``) for records dropped earlier and for counts.
+A pass decodes its input rows into records once, runs its stages, and encodes once at the end.
+
+A stage touches only records and passes every marker through unchanged. A record it drops becomes a
+*tombstone* row (``filtered`` or ``quarantined``, with the reason). For each batch it appends one *count
+row* (``status == "count"``) holding how many records came in, how many went out, and the reasons for
+the rest; the pipeline sums count rows to build the manifest, and checks that
 ``in == out + filtered + quarantined`` holds for every stage.
 """
 
@@ -15,12 +19,22 @@ import random
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agentflan.data.record import Record, tombstone
 
 Row = dict[str, Any]
+Entry = Record | Row  # a live record, or a marker row (tombstone or count)
+
+
+def decode(rows: Iterable[Row]) -> list[Entry]:
+    """Rows as read from a block: ok rows become records, the rest stay marker rows."""
+    return [Record.from_row(r) if r["status"] == "ok" else r for r in rows]
+
+
+def encode(entries: Iterable[Entry]) -> list[Row]:
+    return [e.to_row() if isinstance(e, Record) else e for e in entries]
 
 
 @dataclass(frozen=True)
@@ -92,40 +106,36 @@ def _reason_code(e: BaseException) -> str:
 
 
 def map_records(
-    rows: Iterable[Row], stage: str, fn: Callable[[Record], Record | Drop | list[Record]]
-) -> list[Row]:
-    """Apply ``fn`` to every ok record. ``fn`` returns the record (changed or not), a :class:`Drop`,
+    entries: Iterable[Entry], stage: str, fn: Callable[[Record], Record | Drop | list[Record]]
+) -> list[Entry]:
+    """Apply ``fn`` to every record. ``fn`` returns the record (changed or not), a :class:`Drop`,
     or a list whose first element replaces the record and whose others are copies of it (counted as
     ``repeated``, outside ``in == out + filtered + quarantined``).
 
     An exception inside ``fn`` quarantines that one record with the error as its reason: a bad record
     never stops the corpus.
     """
-    out: list[Row] = []
+    out: list[Entry] = []
     n_in = n_out = added = 0
     filtered: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
-    for row in rows:
-        if row["status"] != "ok":
-            out.append(row)
+    for entry in entries:
+        if not isinstance(entry, Record):
+            out.append(entry)
             continue
         n_in += 1
         try:
-            result = fn(Record.from_row(row))
+            result = fn(entry)
         except Exception as e:  # noqa: BLE001 - any failure of one record goes to quarantine
-            reason = _error_reason(e)
             quarantined[_reason_code(e)] += 1
-            out.append(tombstone(row, stage, "quarantined", reason, keep_raw=True))
+            out.append(tombstone(entry.to_row(), stage, "quarantined", _error_reason(e), keep_raw=True))
             continue
         if isinstance(result, Drop):
             filtered[result.reason] += 1
-            out.append(tombstone(row, stage, "filtered", result.reason, keep_raw=False))
+            out.append(tombstone(entry.to_row(), stage, "filtered", result.reason, keep_raw=False))
             continue
         records = result if isinstance(result, list) else [result]
-        for rec in records:
-            new = rec.to_row()
-            new["origin"] = row["origin"]
-            out.append(new)
+        out.extend(records)
         n_out += 1
         added += len(records) - 1  # extra copies (mixture up-sampling), reported as "repeated"
     out.append(count_row(stage, n_in, n_out, filtered, quarantined, added))
@@ -133,23 +143,22 @@ def map_records(
 
 
 def generate(
-    rows: list[Row], stage: str, fn: Callable[[list[Record]], list[Record | Drop | None]]
-) -> list[Row]:
-    """Make new records from the batch's ok rows (the seeds), keeping every seed as it is.
+    entries: list[Entry], stage: str, fn: Callable[[list[Record]], list[Record | Drop | None]]
+) -> list[Entry]:
+    """Make new records from the batch's records (the seeds), keeping every seed as it is.
 
     ``fn`` takes all seed records at once (so a model can answer a whole batch) and returns, per seed, a
     new record, a :class:`Drop` (a candidate that yielded nothing, with the reason) or None (not a
     candidate: not counted). The stage's ``in`` is the number of candidates, ``out`` the records made. If
     ``fn`` raises, the seeds are retried one by one so that only the record at fault is quarantined.
     """
-    out: list[Row] = list(rows)
-    seeds = [row for row in rows if row["status"] == "ok"]
-    records = [Record.from_row(row) for row in seeds]
+    out: list[Entry] = list(entries)
+    seeds = [e for e in entries if isinstance(e, Record)]
     try:
-        results: list[Record | Drop | None | BaseException] = list(fn(records))
+        results: list[Record | Drop | None | BaseException] = list(fn(seeds))
     except Exception:  # noqa: BLE001 - isolate the record at fault
         results = []
-        for rec in records:
+        for rec in seeds:
             try:
                 results.append(fn([rec])[0])
             except Exception as e:  # noqa: BLE001
@@ -157,21 +166,18 @@ def generate(
     n_in = n_out = 0
     filtered: Counter[str] = Counter()
     quarantined: Counter[str] = Counter()
-    for row, result in zip(seeds, results, strict=True):
+    for seed, result in zip(seeds, results, strict=True):
         if result is None:
             continue
         n_in += 1
         if isinstance(result, BaseException):
-            reason = _error_reason(result)
             quarantined[_reason_code(result)] += 1
-            bad = tombstone(row, stage, "quarantined", reason, keep_raw=True)
-            out.append({**bad, "id": f"{row['id']}#{stage}"})
+            bad = tombstone(seed.to_row(), stage, "quarantined", _error_reason(result), keep_raw=True)
+            out.append({**bad, "id": f"{seed.id}#{stage}"})
         elif isinstance(result, Drop):
             filtered[result.reason] += 1
         else:
-            new = result.to_row()
-            new["origin"] = row["origin"]
-            out.append(new)
+            out.append(replace(result, origin=seed.origin or seed.meta.get("origin", "")))
             n_out += 1
     out.append(count_row(stage, n_in, n_out, filtered, quarantined))
     return out

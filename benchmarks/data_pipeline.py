@@ -1,0 +1,249 @@
+"""Benchmark: the corpus pipeline on Ray Data against the same stages in one Python process.
+
+The real corpus (the bundled sample: AgentInstruct, FireAct, ToolBench, ShareGPT) is replicated into many
+files until it holds at least ``--trajectories`` agent trajectories; both engines run the whole pipeline
+(``agentflan data``) on it in the same run, each in its own process, while a sampler records the peak
+proportional set size (PSS) of that process and all its children (Ray's raylet, GCS and workers
+included). Records/s is taken over the pipeline itself; starting a local Ray instance (which a cluster
+job does not pay) is reported in its own column. Then the input grows ``--scale`` times to show that memory stays flat (streaming).
+
+    python benchmarks/data_pipeline.py                      # 50k trajectories, then 10x
+    python benchmarks/data_pipeline.py --trajectories 2000 --scale 2   # a quick look
+
+Targets (2-core machine): Ray/plain records/s >= 1.8; peak memory at 10x < 1.3x of 1x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "platform/agentflan/sample_data"
+SOURCES = {  # bucket -> (files, kind)
+    "agentinstruct": (["agentinstruct/db.jsonl", "agentinstruct/mixed_sample_200.messages.json"], "agent"),
+    "react": (["react/fireact_hotpotqa.jsonl"], "agent"),
+    "toolbench": (["toolbench/toolllama_G1_demo.json", "toolbench/answer_G1_10_DFS.json"], "agent"),
+    "sharegpt": (["general/sharegpt_examples.json", "general/fastchat_dummy_conversation.json"], "general"),
+}
+TRAJECTORIES_PER_COPY = 430 + 200 + 500 + 4 + 1
+
+
+def build_corpus(root: Path, copies: int) -> list[dict]:
+    """``copies`` copies of every sample file, each under its own name (so record ids stay unique)."""
+    inputs = []
+    for source, (files, kind) in SOURCES.items():
+        d = root / source
+        d.mkdir(parents=True, exist_ok=True)
+        for rel in files:
+            src = SAMPLE / rel
+            for i in range(copies):
+                shutil.copyfile(src, d / f"c{i:04d}_{src.name}")
+        inputs.append({"path": str(d), "source": source, "kind": kind})
+    return inputs
+
+
+class PeakMemory:
+    """Samples the PSS of a process tree every ``interval`` seconds; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree_pss(self) -> int:
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_pss())
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentflan.cli",
+        "data",
+        str(REPO / "pipelines/local.yaml"),
+        f"data.inputs={json.dumps(inputs)}",
+        f"data.engine={engine}",
+        f"data.num_cpus={num_cpus}",
+        f"data.negatives.tool_pool_files=[{SAMPLE / 'tools/G1_query.json'}]",
+        f"output_dir={out}",
+    ]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mem = PeakMemory(proc.pid)
+    log, _ = proc.communicate()
+    peak = mem.stop()
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{engine} run failed:\n{log[-4000:]}")
+    m = json.loads((out / "manifest.json").read_text())
+    records = m["stages"][0]["in"]
+    return {
+        "engine": engine,
+        "records": records,
+        "seconds": m["seconds"],
+        "startup_seconds": m["startup_seconds"],
+        "wall_seconds": round(wall, 1),
+        "records_per_s": records / m["seconds"],
+        "peak_pss_mb": peak / 2**20,
+        "fingerprint": m["fingerprint"],
+    }
+
+
+def run_two_plain(inputs_a: list[dict], inputs_b: list[dict], out: Path, num_cpus: int) -> dict:
+    """The machine's own ceiling: two plain processes at once, each on half of the input (no Ray)."""
+    t0 = time.time()
+    procs = []
+    for name, inputs in (("a", inputs_a), ("b", inputs_b)):
+        cmd = [
+            sys.executable,
+            "-m",
+            "agentflan.cli",
+            "data",
+            str(REPO / "pipelines/local.yaml"),
+            f"data.inputs={json.dumps(inputs)}",
+            "data.engine=local",
+            f"data.negatives.tool_pool_files=[{SAMPLE / 'tools/G1_query.json'}]",
+            f"output_dir={out / name}",
+        ]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in procs:
+        p.wait()
+    wall = time.time() - t0
+    records = sum(json.loads((out / n / "manifest.json").read_text())["stages"][0]["in"] for n in "ab")
+    return {
+        "engine": "2 plain processes",
+        "records": records,
+        "seconds": wall,
+        "startup_seconds": 0.0,
+        "wall_seconds": wall,
+        "records_per_s": records / wall,
+        "peak_pss_mb": float("nan"),
+        "fingerprint": "",
+    }
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trajectories", type=int, default=50_000)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--engines", default="ray,local")
+    ap.add_argument("--scale-engines", default="ray,local", help="engines to run at the larger input")
+    ap.add_argument("--num-cpus", type=int, default=psutil.cpu_count())
+    ap.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time two plain processes on half the input each: the machine's parallel ceiling",
+    )
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    copies = -(-args.trajectories // TRAJECTORIES_PER_COPY)
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="agentflan-bench-") as tmp:
+        root = Path(tmp)
+        for scale, engines in ((1, args.engines), (args.scale, args.scale_engines)):
+            if scale > 1 and not engines:
+                continue
+            corpus = root / f"corpus_x{scale}"
+            inputs = build_corpus(corpus, copies * scale)
+            for engine in engines.split(","):
+                print(f"running {engine} on {copies * scale} copies ...", file=sys.stderr, flush=True)
+                r = run_engine(engine, inputs, root / f"out_{engine}_x{scale}", args.num_cpus)
+                r["scale"] = scale
+                r["trajectories"] = copies * scale * TRAJECTORIES_PER_COPY
+                results.append(r)
+            shutil.rmtree(corpus)
+            if scale == 1 and args.ceiling:
+                half = copies // 2
+                a = build_corpus(root / "half_a", half)
+                b = build_corpus(root / "half_b", copies - half)
+                print("running 2 plain processes on halves ...", file=sys.stderr, flush=True)
+                r = run_two_plain(a, b, root / "out_halves", args.num_cpus)
+                r["scale"] = 1
+                r["trajectories"] = copies * TRAJECTORIES_PER_COPY
+                results.append(r)
+
+    rows = [
+        [
+            "engine",
+            "input",
+            "trajectories",
+            "records",
+            "start-up s",
+            "pipeline s",
+            "records/s",
+            "peak PSS (MB)",
+        ]
+    ]
+    for r in results:
+        rows.append(
+            [
+                r["engine"],
+                f"{r['scale']}x",
+                str(r["trajectories"]),
+                str(r["records"]),
+                f"{r['startup_seconds']:.1f}",
+                f"{r['seconds']:.1f}",
+                f"{r['records_per_s']:.0f}",
+                "-" if r["peak_pss_mb"] != r["peak_pss_mb"] else f"{r['peak_pss_mb']:.0f}",
+            ]
+        )
+    print(table(rows))
+    by = {(r["engine"], r["scale"]): r for r in results}
+    if ("ray", 1) in by and ("local", 1) in by:
+        ratio = by["ray", 1]["records_per_s"] / by["local", 1]["records_per_s"]
+        same = by["ray", 1]["fingerprint"] == by["local", 1]["fingerprint"]
+        print(f"\nthroughput ratio ray/plain: {ratio:.2f} (target >= 1.8); same output fingerprint: {same}")
+    if ("2 plain processes", 1) in by and ("local", 1) in by:
+        ceiling = by["2 plain processes", 1]["records_per_s"] / by["local", 1]["records_per_s"]
+        print(f"machine ceiling (2 plain processes on halves / 1 plain process): {ceiling:.2f}")
+    for engine in ("ray", "local"):
+        if (engine, 1) in by and (engine, args.scale) in by and args.scale > 1:
+            growth = by[engine, args.scale]["peak_pss_mb"] / by[engine, 1]["peak_pss_mb"]
+            print(f"{engine}: peak memory at {args.scale}x input = {growth:.2f}x of 1x (target < 1.3)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Read a model's tool call from its reply, and score it against the reference call.
+
+A reply can hold a call in three formats:
+
+=====  ==========================================================================================
+chat   the chat-aligned protocol the model is tuned on (:mod:`agentflan.data.align`): the harness
+       sends the query, then an ``ELICIT_TOOL`` turn, then an ``ELICIT_ARGS`` turn, and the reply is
+       the list of the three assistant turns ``[thought, tool name, arguments]``
+react  ``Thought: ...\\nAction: name\\nAction Input: {json}`` (other ReAct dialects are read by
+       :func:`~agentflan.data.react.parse_step` too, but are not *valid*: see below)
+json   ``{"name", "arguments"}`` or ``{"thought", "name", "arguments"}``, bare or in a ```json fence
+=====  ==========================================================================================
+
+A call is **valid** when it could be executed as it stands: the format's structure is all there (the
+three ReAct labels; a JSON object with no other keys and nothing around it; a bare tool name in the tool
+turn), the arguments are a JSON object, and, where the prompt asked for a format, it is that format.
+A call that is found but not valid still gets its name and arguments read leniently, so retrieval and
+understanding are scored apart from instruction following, as the paper separates the capabilities:
+
+* retrieval: the tool name equals the reference's (case-folded);
+* understanding: argument exact match and F1 over normalised key/value pairs;
+* instruction following: the share of valid calls.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
+
+from agentflan.data.align import FORMAT_INSTRUCTIONS
+from agentflan.data.react import parse_step
+from agentflan.data.stage import rng
+from agentflan.eval.sources import (
+    EvalSample,
+    EvalSet,
+    EvalSources,
+    ReferenceCall,
+    dedupe,
+    make_set,
+    normalize_query,
+    prompt_messages,
+    read_teval,
+    read_toolbench_eval,
+)
+
+CallFormat = Literal["chat", "react", "json"]
+CALL_FORMATS: tuple[str, ...] = get_args(CallFormat)
+Reply = str | Sequence[str]  # one text, or the assistant turns of the chat-aligned protocol
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str | None  # None: the reply holds no tool call
+    arguments: dict[str, Any] | str | None  # a dict when they parse as a JSON object, else the raw text
+    format: CallFormat | None  # the format the call was read from
+    valid: bool
+    error: str = ""  # why it is not valid (or why no call was found)
+
+    @property
+    def found(self) -> bool:
+        return self.name is not None
+
+
+_FENCED = re.compile(r"^```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```$", re.S | re.I)
+_BARE_NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+_REFUSALS = {"none", "no", "n/a", "null", "nothing", "no tool"}  # a tool turn that declines to name one
+_THOUGHT_LINE = re.compile(r"^\s*Thought\s*:", re.I)
+_INPUT_LINE = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:", re.I | re.M)
+_JSON_CALL_KEYS = {"thought", "name", "arguments"}
+_JSON_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
+_JSON_ARGS = re.compile(r'"arguments"\s*:\s*(.*?)[\s`]*$', re.S)  # the rest, less a closing fence
+
+
+def _whole_json(text: str) -> tuple[bool, Any]:
+    """(True, value) when the whole text, or a single fenced block that is the whole text, is JSON."""
+    t = text.strip()
+    if m := _FENCED.match(t):
+        t = m.group(1).strip()
+    try:
+        return True, json.loads(t)
+    except ValueError:
+        return False, None
+
+
+def _embedded_objects(text: str) -> Iterator[Any]:
+    """Every JSON object that starts at some ``{`` of the text, in order."""
+    decoder = json.JSONDecoder()
+    for i, ch in enumerate(text):
+        if ch == "{":
+            try:
+                yield decoder.raw_decode(text, i)[0]
+            except ValueError:
+                continue
+
+
+def _decode_arguments(raw: Any) -> tuple[dict[str, Any] | str | None, str]:
+    """Arguments as a dict where possible (also from a JSON-encoded string, OpenAI style), and an error."""
+    if isinstance(raw, dict):
+        return raw, ""
+    if raw is None:
+        return None, "no arguments"
+    if not isinstance(raw, str):
+        return json.dumps(raw, ensure_ascii=False), "arguments are not a JSON object"
+    ok, value = _whole_json(raw)
+    if ok and isinstance(value, dict):
+        return value, ""
+    if ok and isinstance(value, str):  # double-encoded
+        return _decode_arguments(value)
+    embedded = next((o for o in _embedded_objects(raw) if isinstance(o, dict)), None)
+    if embedded is not None:
+        return embedded, "text around the arguments object"
+    return raw.strip(), "arguments are not a JSON object"
+
+
+def _from_json(value: Any, exact: bool) -> ToolCall | None:
+    if isinstance(value, list) and value and isinstance(value[0], dict):  # a plan: its first call
+        call = _from_json(value[0], exact=False)
+        return replace(call, valid=False, error="a list of calls, not one call") if call else None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"].strip():
+        return None
+    key = next((k for k in ("arguments", "args", "parameters") if k in value), None)
+    arguments, error = _decode_arguments(value[key]) if key else (None, "no 'arguments' key")
+    if not error and key != "arguments":
+        error = f"arguments under {key!r}, not 'arguments'"
+    if not error and (extra := sorted(set(value) - _JSON_CALL_KEYS)):
+        error = f"unexpected keys {extra}"
+    if not error and not exact:
+        error = "text around the JSON object"
+    return ToolCall(value["name"].strip(), arguments, "json", not error, error)
+
+
+def _from_react(text: str) -> ToolCall | None:
+    step = parse_step(text)
+    if step is None:
+        return None
+    if step.is_final or not step.tool:
+        return ToolCall(None, None, "react", False, "a final answer, not a call")
+    arguments, error = _decode_arguments(step.arguments)
+    if not _INPUT_LINE.search(text):
+        error = "no 'Action Input:' line"
+    if not _THOUGHT_LINE.match(text):
+        error = "no 'Thought:' line"
+    return ToolCall(step.tool, arguments, "react", not error, error)
+
+
+def _tool_name(text: str, tool_names: Collection[str]) -> tuple[str | None, str]:
+    """The tool named in the tool turn of the chat protocol, and an error if it is not alone there."""
+    bare = text.strip().strip("`'\"*").rstrip(".").strip()
+    if bare.casefold() in _REFUSALS:
+        return None, "the tool turn names no tool"
+    if _BARE_NAME.match(bare):
+        return bare, ""
+    mentioned = [n for n in tool_names if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w|\.\w)", text)]
+    if len(mentioned) == 1:
+        return mentioned[0], "the tool name is not alone in its turn"
+    return None, "no tool name in the tool turn"
+
+
+def _from_chat(turns: Sequence[str], tool_names: Collection[str]) -> ToolCall:
+    name, error = _tool_name(turns[1], tool_names)
+    if name is None:
+        return ToolCall(None, None, "chat", False, error)
+    if len(turns) < 3:
+        return ToolCall(name, None, "chat", False, "no arguments turn")
+    arguments, args_error = _decode_arguments(turns[2])
+    error = error or args_error or ("more turns than [thought, tool, arguments]" if len(turns) > 3 else "")
+    return ToolCall(name, arguments, "chat", not error, error)
+
+
+def _from_text(text: str) -> ToolCall:
+    """JSON that is the whole reply first, then ReAct, then a JSON call anywhere in the text, then a
+    reply that starts as a JSON call but does not parse (a malformed call is a call, not a missed one).
+
+    ReAct comes before the lenient search because its Action Input is a JSON object that may itself
+    have a ``name`` key.
+    """
+    ok, value = _whole_json(text)
+    if ok and (call := _from_json(value, exact=True)):
+        return call
+    if (call := _from_react(text)) is not None:
+        return call
+    for value in _embedded_objects(text):
+        if call := _from_json(value, exact=False):
+            return call
+    body = text.strip()
+    body = body.split("\n", 1)[1] if body.startswith("```") and "\n" in body else body
+    if body.startswith("{") and (m := _JSON_NAME.search(body)):  # a JSON call that does not parse
+        raw = a.group(1) if (a := _JSON_ARGS.search(body)) else None
+        return ToolCall(m.group(1), _decode_arguments(raw)[0], "json", False, "malformed JSON")
+    return ToolCall(None, None, None, False, "no tool call found")
+
+
+def parse_call(
+    reply: Reply, expected_format: CallFormat | None = None, tool_names: Collection[str] = ()
+) -> ToolCall:
+    """Read the tool call in a reply: a text (ReAct or JSON), or the turns of the chat-aligned protocol.
+
+    A sequence of two or more turns is read as ``[thought, tool name, arguments]``; a one-turn sequence
+    as its text. ``tool_names`` (the tools offered) lets a chatty tool turn ("I'll use X.") still yield
+    the name, as an invalid call. ``expected_format``: the format the prompt asked for; a call in another
+    format is found but not valid.
+    """
+    turns = [reply] if isinstance(reply, str) else list(reply)
+    if len(turns) >= 2:
+        call = _from_chat(turns, tool_names)
+    elif turns:
+        call = _from_text(turns[0])
+    else:
+        call = ToolCall(None, None, None, False, "empty reply")
+    if expected_format is not None and call.found and call.format != expected_format:
+        call = replace(call, valid=False, error=f"asked for {expected_format}, got {call.format}")
+    return call
+
+
+_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+
+
+def normalize_value(value: Any) -> Hashable:
+    """The form argument values are compared in.
+
+    Strings are stripped and case-folded; numbers, and strings that spell one, become floats (so
+    ``"3"``, ``3`` and ``3.0`` agree); booleans become ``"true"``/``"false"`` (so they never equal 1/0);
+    lists and objects are compared element by element.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        return float(s) if _NUMBER.match(s) else s.casefold()
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k).strip(), normalize_value(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(normalize_value(v) for v in value)
+    return value if value is None else str(value)
+
+
+def _pairs(arguments: Mapping[str, Any]) -> set[tuple[str, Hashable]]:
+    return {(str(k).strip(), normalize_value(v)) for k, v in arguments.items()}
+
+
+@dataclass(frozen=True)
+class ArgumentScore:
+    exact: bool
+    precision: float
+    recall: float
+    f1: float
+
+
+def score_arguments(predicted: dict[str, Any] | str | None, reference: Mapping[str, Any]) -> ArgumentScore:
+    """Exact match and F1 over normalised (key, value) pairs.
+
+    precision = |P∩R| / |P|, recall = |P∩R| / |R|, F1 = 2PR / (P + R) (0 when nothing matches). Two
+    empty objects match exactly (F1 1). Arguments that are not a JSON object score 0.
+    """
+    if not isinstance(predicted, Mapping):
+        return ArgumentScore(False, 0.0, 0.0, 0.0)
+    pred, ref = _pairs(predicted), _pairs(reference)
+    if not pred and not ref:
+        return ArgumentScore(True, 1.0, 1.0, 1.0)
+    hits = len(pred & ref)
+    precision = hits / len(pred) if pred else 0.0
+    recall = hits / len(ref) if ref else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return ArgumentScore(pred == ref, precision, recall, f1)
+
+
+def name_correct(call: ToolCall, reference: ReferenceCall) -> bool:
+    return call.name is not None and call.name.strip().casefold() == reference.name.strip().casefold()
+
+
+@dataclass(frozen=True)
+class ToolUseScores:
+    n: int  # samples with a reference call
+    n_arguments: int  # of those, samples whose reference holds the arguments (understanding is over these)
+    retrieval: float | None  # tool-name accuracy
+    understanding_exact: float | None  # argument exact match
+    understanding_f1: float | None  # mean argument F1
+    instruction_following: float | None  # share of replies with a valid call
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _scores(pairs: Sequence[tuple[ReferenceCall, ToolCall]]) -> ToolUseScores:
+    args = [score_arguments(c.arguments, r.arguments) for r, c in pairs if r.arguments is not None]
+    return ToolUseScores(
+        n=len(pairs),
+        n_arguments=len(args),
+        retrieval=_mean([float(name_correct(c, r)) for r, c in pairs]),
+        understanding_exact=_mean([float(a.exact) for a in args]),
+        understanding_f1=_mean([a.f1 for a in args]),
+        instruction_following=_mean([float(c.valid) for _, c in pairs]),
+    )
+
+
+def score_tool_use(
+    samples: Sequence[EvalSample], replies: Sequence[Reply], expected_format: CallFormat | None = None
+) -> dict[str, Any]:
+    """Retrieval, understanding and instruction-following scores, overall and per source.
+
+    Samples without a reference call are skipped. Understanding is scored over every sample whose
+    reference holds arguments, whether or not the name was right (a wrong tool's arguments score 0).
+    """
+    if len(samples) != len(replies):
+        raise ValueError(f"{len(samples)} samples but {len(replies)} replies")
+    pairs: dict[str, list[tuple[ReferenceCall, ToolCall]]] = {}
+    for sample, reply in zip(samples, replies, strict=True):
+        if sample.reference is None:
+            continue
+        call = parse_call(reply, expected_format, [t.get("name", "") for t in sample.tools])
+        pairs.setdefault(sample.source, []).append((sample.reference, call))
+    every = [p for source_pairs in pairs.values() for p in source_pairs]
+    return {
+        "overall": asdict(_scores(every)),
+        "by_source": {source: asdict(_scores(p)) for source, p in sorted(pairs.items())},
+    }
+
+
+def build_tool_use_set(
+    sources: EvalSources,
+    seed: int = 0,
+    *,
+    exclude_queries: Collection[str] = frozenset(),
+    max_per_source: int | None = None,
+    output_format: CallFormat = "chat",
+) -> EvalSet:
+    """Held-out tool queries (ToolBench tooleval G1, T-Eval plan) with their tools and first reference call.
+
+    Deterministic: each source is shuffled with the seed, then cut to ``max_per_source``. For the
+    ``react`` and ``json`` formats the system prompt adds the same format instruction the
+    format-following training samples use; ``chat`` adds none (the harness elicits tool and arguments).
+    """
+    exclude = {normalize_query(q) for q in exclude_queries}
+    seen: set[str] = set()
+    counts: dict[str, dict[str, int]] = {}
+    instruction = FORMAT_INSTRUCTIONS.get(output_format, "")
+    samples = []
+    unscorable: dict[str, int] = {}  # queries with no tools or no reference call
+    for read, path in ((read_toolbench_eval, sources.toolbench), (read_teval, sources.teval)):
+        read_queries = read(path)
+        queries = [q for q in read_queries if q.tools and q.reference is not None]
+        for q in read_queries:
+            unscorable[q.source] = unscorable.get(q.source, 0) + (not (q.tools and q.reference is not None))
+        queries = dedupe(queries, exclude, seen, counts)
+        rng(seed, "tool_use", path.name).shuffle(queries)
+        samples += [
+            EvalSample(
+                id=f"tool_use/{q.source}/{q.source_id}",
+                case="d",
+                expected="call",
+                source=q.source,
+                query=q.query,
+                messages=prompt_messages(q.query, q.tools, instruction),
+                tools=q.tools,
+                reference=q.reference,
+            )
+            for q in queries[:max_per_source]
+        ]
+    manifest = {
+        "benchmark": "tool_use",
+        "seed": seed,
+        "output_format": output_format,
+        "sources": counts,
+        "unscorable": unscorable,
+        "max_per_source": max_per_source,
+        "taken": {src: sum(s.source == src for s in samples) for src in counts},
+        "scorable": {
+            src: {
+                "name": sum(s.source == src for s in samples),
+                "arguments": sum(
+                    s.source == src and s.reference is not None and s.reference.arguments is not None
+                    for s in samples
+                ),
+            }
+            for src in counts
+        },
+        "excluded_queries": len(exclude),
+    }
+    return make_set("tool_use", samples, manifest)

@@ -1,0 +1,145 @@
+"""From the corpus to packed training rows, done once on the driver before the workers start.
+
+Tokenization and packing happen once, in the dataset (as OpenRLHF does), so the training loop only reads
+rows. The rows are shuffled with the seed and stored as one Arrow table; a worker finds the rows of optimizer
+step ``s`` by arithmetic (:func:`step_rows`), which makes the data position of a checkpoint just its step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from agentflan.config import Config
+from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
+from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
+from agentflan.train.tokenizer import train_bpe_tokenizer
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("weights", pa.list_(pa.float32())),
+        ("position_ids", pa.list_(pa.int32())),
+        ("n_real", pa.int32()),
+        ("n_trained", pa.int32()),  # tokens whose label is trained (the loss normaliser's share of this row)
+    ]
+)
+
+
+@dataclass
+class PackedData:
+    train: Path
+    validation: Path
+    tokenizer_dir: Path
+    stats: dict[str, Any]
+
+
+def corpus_split(output_dir: Path, split: str) -> list[list[dict[str, Any]]]:
+    """The message lists of one split of the corpus written by the data pipeline."""
+    shards = sorted((output_dir / "corpus").glob("part-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no corpus under {output_dir / 'corpus'}: run `agentflan data` first")
+    out = []
+    for shard in shards:
+        table = pq.read_table(shard, columns=["id", "split", "messages"])
+        for row in table.to_pylist():
+            if row["split"] == split:
+                out.append((row["id"], row["messages"]))
+    out.sort(key=lambda x: x[0])  # shard order is not fixed (Ray Data); ids are
+    return [m for _, m in out]
+
+
+def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, or (embedded default) a BPE tokenizer trained on the corpus, saved beside the run."""
+    m = cfg.train.model
+    source = m.tokenizer or m.name_or_path
+    if source is not None:
+        tok = AutoTokenizer.from_pretrained(source)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        template = "chatml" if m.template == "model" else m.template
+        tok = train_bpe_tokenizer(texts, m.vocab_size, template=template)
+    tok.save_pretrained(save_dir)
+    return tok
+
+
+def encode_split(
+    conversations: list[list[dict[str, Any]]], tok: PreTrainedTokenizerBase, cfg: Config
+) -> list[EncodedSample]:
+    template = None if cfg.train.model.template == "model" else cfg.train.model.template
+    return [encode_conversation(msgs, tok, template) for msgs in conversations]
+
+
+def rows_table(rows: list[PackedRow], seed: int) -> pa.Table:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    data = []
+    for i in order:
+        r = rows[i]
+        n_trained = sum(1 for label in r.labels[1:] if label != IGNORE_INDEX)
+        data.append(
+            {
+                "input_ids": r.input_ids,
+                "labels": r.labels,
+                "weights": r.weights,
+                "position_ids": r.position_ids,
+                "n_real": r.n_real,
+                "n_trained": n_trained,
+            }
+        )
+    return pa.Table.from_pylist(data, schema=ROW_SCHEMA)
+
+
+def prepare(cfg: Config) -> PackedData:
+    """Tokenize and pack both splits; write ``train/packed_{train,validation}.parquet`` and the tokenizer."""
+    out = Path(cfg.output_dir)
+    train_dir = out / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    convs = {split: corpus_split(out, split) for split in ("train", "validation")}
+    if not convs["train"]:
+        raise ValueError(f"the corpus under {out} has no train split")
+    texts = [m["content"] for msgs in convs["train"] for m in msgs]
+    tok = load_tokenizer(cfg, texts, train_dir / "tokenizer")
+    stats: dict[str, Any] = {}
+    paths = {}
+    pad_id = tok.pad_token_id
+    for split, conversations in convs.items():
+        samples = encode_split(conversations, tok, cfg)
+        strategy = PackingStrategy.BEST_FIT_DECREASING if cfg.train.packing else PackingStrategy.NONE
+        rows, st = pack_samples(samples, cfg.train.seq_len, pad_id, strategy)
+        path = train_dir / f"packed_{split}.parquet"
+        pq.write_table(rows_table(rows, cfg.seed), path)
+        paths[split] = path
+        stats[split] = {
+            "rows": st.n_rows,
+            "samples": st.n_samples,
+            "truncated": st.n_truncated,
+            "dropped_untrained": st.n_dropped_untrained,
+            "real_token_share": round(st.real_token_share, 4),
+            "real_tokens": st.real_tokens,
+        }
+    (train_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
+    return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)
+
+
+def step_rows(step: int, rank: int, world: int, micro: int, accum: int, n_rows: int) -> list[list[int]]:
+    """Row indices of each micro-batch of ``rank`` in optimizer step ``step`` (0-based).
+
+    A step takes the next ``global = micro * world * accum`` rows of the shuffled table, wrapping around at
+    the end (so an epoch is ``ceil(n_rows / global)`` steps and a corpus smaller than one batch still trains).
+    """
+    base = step * micro * world * accum
+    out = []
+    for a in range(accum):
+        start = base + (a * world + rank) * micro
+        out.append([(start + i) % n_rows for i in range(micro)])
+    return out

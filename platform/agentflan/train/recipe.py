@@ -1,0 +1,94 @@
+"""The fine-tuning recipe: corpus -> packed rows -> Ray Train (DeepSpeed) -> saved model, tracked in MLflow.
+
+Read top to bottom: :func:`run_train` makes sure the corpus exists, tokenizes and packs it once, opens the
+MLflow run, starts a ``TorchTrainer`` whose workers run :func:`agentflan.train.loop.train_loop_per_worker`,
+and closes the run FINISHED or FAILED.
+
+Resuming: Ray Train keeps checkpoints under ``<storage>/<name>``; a run started again with the same spec
+and output dir finds the latest one (``ray.train.get_checkpoint``) and continues from its step. Workers
+that die mid-run are restarted from the last checkpoint up to ``train.max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agentflan.config import Config
+from agentflan.train.data import prepare
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.train.storage_path or str((Path(cfg.output_dir) / "ray").resolve())
+
+
+def trainer_name(cfg: Config) -> str:
+    return f"{cfg.name}-train"
+
+
+def run_train(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Train; returns a summary (final step metrics, model path, MLflow run id)."""
+    import pyarrow.parquet as pq
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from agentflan import tracking
+    from agentflan.ray_utils import ensure_ray
+    from agentflan.train.loop import train_loop_per_worker
+
+    out = Path(cfg.output_dir).resolve()
+    t = cfg.train
+    progress("train: tokenizing and packing the corpus")
+    packed = prepare(cfg)
+    rows = pq.read_table(packed.train)
+    ensure_ray()
+    run_id = tracking.start_run(cfg, f"{cfg.name}-train", tags={"agentflan.stage": "train"})
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        tracking.client(cfg).log_artifact(run_id, str(manifest))
+    tracking.log_json(cfg, run_id, packed.stats, "packing_stats.json")
+    model_dir = out / "model"
+    steps_log = out / "train" / "steps.jsonl"
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "rows_ref": ray.put(rows),
+        "tokenizer_dir": str(packed.tokenizer_dir),
+        "model_dir": str(model_dir),
+        "steps_log": str(steps_log),
+        "run_id": run_id,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=t.scaling.num_workers,
+            use_gpu=t.scaling.use_gpu,
+            resources_per_worker=dict(t.scaling.resources_per_worker),
+        ),
+        run_config=RunConfig(
+            name=trainer_name(cfg),
+            storage_path=storage_path(cfg),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    progress(f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {rows.num_rows} rows")
+    with tracking.run_status(cfg, run_id):
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
+        tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
+    steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
+    summary = {
+        "run_id": run_id,
+        "model_dir": str(model_dir),
+        "steps": len(steps),
+        "final": steps[-1] if steps else {},
+        "packing": packed.stats,
+    }
+    (out / "train" / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

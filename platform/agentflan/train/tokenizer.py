@@ -1,0 +1,61 @@
+"""A small byte-level BPE tokenizer trained from text, for tests and for tiny models trained from scratch.
+
+Byte-level, so every string encodes (no unknown characters; ``<unk>`` exists only because tooling expects one).
+The chat template's markers (``<|im_start|>``, ``<|Human|>``, ``ി``...) are special tokens, so each is one token
+and never merges with the text around it: that is what lets :mod:`agentflan.train.templates` tokenize a
+conversation segment by segment and still get the ids a whole-text tokenization gives. The template itself is
+set as the Jinja ``chat_template``, so ``apply_chat_template`` renders exactly what ``template`` renders and the
+tokenizer saves and reloads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
+
+Training is deterministic: the same texts in the same order give the same vocabulary and merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from agentflan.train.templates import get_template, to_jinja
+
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, template: str = "chatml", min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts`` with the special tokens and chat template of ``template``.
+
+    ``vocab_size`` counts the 256 byte symbols and the special tokens; pairs seen fewer than ``min_frequency``
+    times are not merged, so a small corpus may give a smaller vocabulary.
+    """
+    chat = get_template(template)
+    special_tokens = [BOS, EOS, PAD, UNK, *chat.special_tokens]
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(
+            f"vocab_size {vocab_size} is below the 256 bytes plus {len(special_tokens)} special tokens"
+        )
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        extra_special_tokens=list(chat.special_tokens),
+        chat_template=to_jinja(chat),
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
