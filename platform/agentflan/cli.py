@@ -2,6 +2,8 @@
 
     agentflan data SPEC.yaml [key=value ...]     build the Agent-FLAN corpus
     agentflan train SPEC.yaml [key=value ...]    fine-tune on it (builds the corpus first if needed)
+    agentflan eval SPEC.yaml [model=PATH] [key=value ...]   Agent-H, tool use, held-out loss
+    agentflan run SPEC.yaml [key=value ...]      the whole job: corpus -> train -> eval
 
 A bad spec or input is reported in one clear message (exit code 2), never as a traceback.
 """
@@ -122,7 +124,29 @@ def cmd_train(cfg: Config) -> int:
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train}
+def cmd_eval(cfg: Config) -> int:
+    from agentflan.eval.run import run_eval
+
+    try:
+        report = run_eval(cfg, progress=_progress)
+    except FileNotFoundError as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    from agentflan.eval.run import markdown_report
+
+    print(markdown_report(report))
+    print(f"report: {Path(cfg.output_dir) / 'eval' / 'report.json'}   mlflow run: {report['mlflow_run_id']}")
+    return 0
+
+
+def cmd_run(cfg: Config) -> int:
+    """corpus -> train -> eval: a current corpus is reused, and training resumes from its last checkpoint."""
+    if (code := cmd_train(cfg)) != 0:
+        return code
+    return cmd_eval(cfg)
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="agentflan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("data", "build the Agent-FLAN corpus"), ("train", "fine-tune on the corpus")):
+    for name, help_ in (
+        ("data", "build the Agent-FLAN corpus"),
+        ("train", "fine-tune on the corpus"),
+        ("eval", "evaluate a model: Agent-H, tool use, held-out loss (model=PATH)"),
+        ("run", "the whole job: corpus -> train -> eval"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
         p.add_argument(
@@ -140,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             help="config overrides, e.g. seed=1 data.engine=local",
         )
     args = parser.parse_args(argv)
+    # `agentflan eval SPEC model=PATH`: the model to evaluate is eval.model
+    overrides = [f"eval.{o}" if o.startswith("model=") else o for o in args.overrides]
     try:
-        cfg = load_config(args.spec, args.overrides)
+        cfg = load_config(args.spec, overrides)
     except ConfigError as e:
         print(f"agentflan: {e}", file=sys.stderr)
         return 2

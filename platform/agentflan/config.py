@@ -230,6 +230,28 @@ class TrainConfig(_Strict):
         return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
 
 
+class EvalConfig(_Strict):
+    """Agent-H and tool-use evaluation (``agentflan eval``)."""
+
+    model: str | None = Field(None, description="Model to evaluate; default <output_dir>/model.")
+    data_dir: str = Field(
+        "platform/agentflan/sample_data",
+        description="Folder with general/ and eval/ files (the shared-data layout) the eval sets are built from.",
+    )
+    output_format: Literal["react", "json"] = Field(
+        "react", description="Format instruction in the system prompt of prompts that offer tools."
+    )
+    max_per_case: dict[str, int] = Field(
+        default_factory=dict, description="Cap per Agent-H case (a, b, c, d)."
+    )
+    max_hotpot: int = Field(200, ge=0, description="HotpotQA questions added to case (c).")
+    max_tool_use_per_source: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)
+    num_actors: int = Field(1, gt=0, description="Ray Data generation actors (one GPU each when use_gpu).")
+    use_gpu: bool = False
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(None, description="Default: sqlite:///<output_dir>/mlflow.db")
     experiment: str = "agentflan"
@@ -241,6 +263,7 @@ class Config(_Strict):
     output_dir: str = "outputs/run"
     data: DataConfig
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
 

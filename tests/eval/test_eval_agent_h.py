@@ -7,6 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from agentflan.data.align import FORMAT_INSTRUCTIONS
 from agentflan.data.negatives import TOOLS_SYSTEM_PROMPT
 from agentflan.data.record import Message, Record
 from agentflan.eval.agent_h import CASES, build_agent_h
@@ -38,7 +39,13 @@ def test_tools_are_offered_in_b_and_d_only(agent_h):
         assert s.messages[-1] == {"role": "user", "content": s.query}
         if s.case in ("b", "d"):
             assert s.tools and len(s.messages) == 2
-            assert s.messages[0]["content"] == TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(s.tools, ensure_ascii=False))
+            # the tools, then the format instruction a deployed agent gets (output_format="react" by default)
+            assert (
+                s.messages[0]["content"]
+                == TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(s.tools, ensure_ascii=False))
+                + "\n"
+                + FORMAT_INSTRUCTIONS["react"]
+            )
         else:
             assert not s.tools and [m["role"] for m in s.messages] == ["user"]
         assert (s.reference is not None) == (s.case == "d")
@@ -59,7 +66,11 @@ def test_same_inputs_and_seed_give_the_same_set(sources, agent_h):
 def test_exclude_queries_removes_training_queries(sources, agent_h):
     chosen = [next(s for s in agent_h.samples if s.case == c) for c in CASES]
     corpus = [
-        Record(id=s.id, source="train", messages=[Message("user", f"  {s.query.upper()} "), Message("assistant", "x")])
+        Record(
+            id=s.id,
+            source="train",
+            messages=[Message("user", f"  {s.query.upper()} "), Message("assistant", "x")],
+        )
         for s in chosen
     ]
     exclude = training_queries(corpus)
@@ -69,7 +80,8 @@ def test_exclude_queries_removes_training_queries(sources, agent_h):
     assert built.manifest["excluded_queries"] == len(chosen)
     for s in chosen:  # every copy of an excluded query is counted (fastchat repeats its identity questions)
         assert built.manifest["sources"][s.source]["excluded"] >= 1
-    assert built.manifest["pools"]["tool_queries"] == agent_h.manifest["pools"]["tool_queries"] - 2
+    n_tool = sum(s.source in ("toolbench_g1", "teval_plan") for s in chosen)
+    assert built.manifest["pools"]["tool_queries"] == agent_h.manifest["pools"]["tool_queries"] - n_tool
 
 
 def test_caps_limit_each_case(sources):
@@ -83,7 +95,16 @@ def test_write_round_trips_through_parquet(agent_h, tmp_path):
     path = agent_h.write(tmp_path)
     table = pq.read_table(path)
     assert table.num_rows == len(agent_h.samples)
-    assert table.column_names == ["id", "case", "expected", "source", "query", "messages", "tools", "reference"]
+    assert table.column_names == [
+        "id",
+        "case",
+        "expected",
+        "source",
+        "query",
+        "messages",
+        "tools",
+        "reference",
+    ]
     manifest = json.loads((tmp_path / "agent_h.manifest.json").read_text())
     assert manifest["fingerprint"] == agent_h.fingerprint
 
@@ -97,7 +118,10 @@ def test_tool_use_set_holds_reference_calls(sources):
         assert s.messages[0]["content"].endswith('"arguments": {...}}.')  # the JSON format instruction
         if s.source == "teval_plan":
             assert isinstance(s.reference.arguments, dict)
-    assert build_tool_use_set(sources, seed=0, max_per_source=20, output_format="json").fingerprint == built.fingerprint
+    assert (
+        build_tool_use_set(sources, seed=0, max_per_source=20, output_format="json").fingerprint
+        == built.fingerprint
+    )
 
 
 def test_toolbench_references_keep_arguments_only_when_not_cut(sources):

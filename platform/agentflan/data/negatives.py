@@ -19,7 +19,7 @@ import json
 import re
 
 from agentflan.config import NegativesConfig
-from agentflan.data.align import ELICIT_FINAL
+from agentflan.data.align import ELICIT_FINAL, FORMAT_INSTRUCTIONS
 from agentflan.data.react import parse_step
 from agentflan.data.record import Message, Record
 from agentflan.data.responders import NegativeRequest, Responder
@@ -144,8 +144,12 @@ class NegativeSampler:
         query, reply = record.messages[first_user], record.messages[first_user + 1]
         if reply.role != "assistant" or len(query.content) > self.cfg.max_query_chars:
             return Drop("no_query")
-        tools = self.tool_pool[rng(self.seed, "negative_b_tools", record.id).randrange(len(self.tool_pool))]
-        system = Message(role="system", content=TOOLS_SYSTEM_PROMPT.format(tools=tools))
+        r = rng(self.seed, "negative_b_tools", record.id)
+        tools = self.tool_pool[r.randrange(len(self.tool_pool))]
+        # As deployed agents are prompted: tools, and (mostly) an output format the query must not trigger.
+        fmt = r.choice(["", *sorted(FORMAT_INSTRUCTIONS)])
+        instruction = f"\n{FORMAT_INSTRUCTIONS[fmt]}" if fmt else ""
+        system = Message(role="system", content=TOOLS_SYSTEM_PROMPT.format(tools=tools) + instruction)
         return NegativeRequest(
             record.id, "b", [system, Message(role="user", content=query.content)], reply.content
         )
@@ -169,7 +173,7 @@ class NegativeSampler:
         return results
 
     def _record(self, seed_record: Record, req: NegativeRequest, reply: str) -> Record:
-        tools = json.loads(req.messages[0].content.split("\n", 1)[1]) if req.case == "b" else []
+        tools = json.loads(req.messages[0].content.split("\n")[1]) if req.case == "b" else []
         reply_msg = Message(role="assistant", content=reply, loss=True, capability="general")
         return Record(
             id=f"{seed_record.id}#negative_{req.case}",

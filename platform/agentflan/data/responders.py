@@ -66,42 +66,17 @@ class TemplateResponder:
 
 
 class HFResponder:
-    """A local transformers causal LM, greedy, batched with left padding."""
+    """A local transformers causal LM, greedy, batched (see :class:`agentflan.generation.ChatGenerator`)."""
 
     def __init__(self, cfg: ResponderConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from agentflan.generation import ChatGenerator
 
-        self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model)
-        self.model.eval()
-
-    def _prompt(self, messages: list[Message]) -> str:
-        chat = [{"role": m.role, "content": m.content} for m in messages]
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-        return "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
+        self.generator = ChatGenerator(cfg.model, cfg.max_new_tokens, cfg.batch_size)  # type: ignore[arg-type]
 
     def respond(self, requests: list[NegativeRequest]) -> list[str]:
-        import torch
-
-        replies: list[str] = []
-        for start in range(0, len(requests), self.cfg.batch_size):
-            chunk = requests[start : start + self.cfg.batch_size]
-            enc = self.tokenizer([self._prompt(r.messages) for r in chunk], return_tensors="pt", padding=True)
-            with torch.no_grad():
-                out = self.model.generate(
-                    **enc,
-                    max_new_tokens=self.cfg.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            new = out[:, enc["input_ids"].shape[1] :]
-            replies.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return replies
+        return self.generator.generate(
+            [[{"role": m.role, "content": m.content} for m in r.messages] for r in requests]
+        )
 
 
 class OpenAIResponder:

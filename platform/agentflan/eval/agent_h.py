@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Literal, get_args
 
+from agentflan.data.align import FORMAT_INSTRUCTIONS
 from agentflan.data.stage import rng
 from agentflan.eval.sources import (
     EvalQuery,
@@ -54,14 +55,14 @@ def _shuffled(items: list[EvalQuery], seed: int, key: str) -> list[EvalQuery]:
     return out
 
 
-def _sample(case: str, q: EvalQuery, tools: list[dict]) -> EvalSample:
+def _sample(case: str, q: EvalQuery, tools: list[dict], instruction: str) -> EvalSample:
     return EvalSample(
         id=f"agent_h/{case}/{q.source}/{q.source_id}",
         case=case,
         expected=EXPECTED[case],
         source=q.source,
         query=q.query,
-        messages=prompt_messages(q.query, tools),
+        messages=prompt_messages(q.query, tools, instruction),
         tools=tools,
         reference=q.reference if case == "d" else None,
     )
@@ -74,11 +75,15 @@ def build_agent_h(
     exclude_queries: Collection[str] = frozenset(),
     max_per_case: Mapping[str, int | None] | None = None,
     max_hotpot: int | None = 200,
+    output_format: str | None = "react",
 ) -> EvalSet:
     """Build Agent-H deterministically: the same files, seed and arguments give the same fingerprint.
 
     ``exclude_queries`` holds normalised query texts (:func:`~agentflan.eval.sources.training_queries`);
     ``max_per_case`` caps a case (missing or None: no cap); ``max_hotpot`` caps the HotpotQA extras.
+    ``output_format`` (``react``, ``json`` or None) adds that format instruction to the system prompt of
+    the cases that offer tools, as an agent is deployed: the paper's (b) and (d) prompts ask for a format,
+    which is what makes a plain answer to (b) the hard, informative case.
     The manifest says, per case, how many the sources allow (after dedupe, exclusion and the split
     between cases sharing a pool) and how many were taken.
     """
@@ -110,7 +115,7 @@ def build_agent_h(
                 tools = rng(seed, "agent_h_b_tools", q.source, q.source_id).choice(tool_lists)
             else:
                 tools = q.tools if case == "d" else []
-            samples.append(_sample(case, q, tools))
+            samples.append(_sample(case, q, tools, FORMAT_INSTRUCTIONS.get(output_format or "", "")))
 
     taken = {c: sum(s.case == c for s in samples) for c in CASES}
     manifest = {
@@ -123,10 +128,14 @@ def build_agent_h(
         "taken_by_source": {c: dict(Counter(s.source for s in samples if s.case == c)) for c in CASES},
         "caps": {c: caps.get(c) for c in CASES},
         "max_hotpot": max_hotpot,
+        "output_format": output_format,
         "excluded_queries": len(exclude),
         "d_reference": {
             "name": sum(s.case == "d" and s.reference is not None for s in samples),
-            "arguments": sum(s.case == "d" and s.reference is not None and s.reference.arguments is not None for s in samples),
+            "arguments": sum(
+                s.case == "d" and s.reference is not None and s.reference.arguments is not None
+                for s in samples
+            ),
         },
     }
     return make_set("agent_h", samples, manifest)

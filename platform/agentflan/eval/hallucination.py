@@ -57,10 +57,6 @@ def _rate(count: int, n: int) -> float | None:
     return count / n if n else None
 
 
-def _mean_or_none(*values: float | None) -> float | None:
-    return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class AgentHReport:
     per_case: dict[str, CaseCounts]
@@ -111,10 +107,9 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
     n_plain, n_call = sum(c.n for c in plain), sum(c.n for c in call)
     h_react = _rate(sum(c.react for c in plain), n_plain)
     h_general = _rate(sum(c.general for c in plain), n_plain)
-    h_score = _mean_or_none(
-        None if h_react is None else 1 - h_react, None if h_general is None else 1 - h_general
-    )
+    h_score = None if h_react is None or h_general is None else ((1 - h_react) + (1 - h_general)) / 2
     missed = _rate(sum(c.n - c.calls for c in call), n_call)
+    combined = None if h_score is None or missed is None else (h_score + (1 - missed)) / 2
     return AgentHReport(
         per_case=per_case,
         n_plain=n_plain,
@@ -123,6 +118,6 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
         h_general=h_general,
         h_score=h_score,
         missed_call_rate=missed,
-        combined=_mean_or_none(h_score, None if missed is None else 1 - missed),
+        combined=combined,
         plain_call_rate=_rate(sum(c.calls for c in plain), n_plain),
     )

@@ -108,7 +108,9 @@ def read_general(path: Path) -> list[EvalQuery]:
         turns = conv.get("conversations") if isinstance(conv, dict) else None
         if not isinstance(turns, list):
             raise ValueError(f"{path}: item {i}: no 'conversations' list")
-        first = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
+        first = next(
+            (t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"), None
+        )
         if isinstance(first, str) and first.strip():
             out.append(EvalQuery(source, str(conv.get("id", i)), first.strip()))
     return out
@@ -155,7 +157,9 @@ def read_toolbench_eval(path: Path) -> list[EvalQuery]:
             raise ValueError(f"{path}: entry {key!r}: no 'query' string")
         tools = [t for t in item.get("available_tools", []) if t.get("name") != _TB_FINISH]
         details = (item.get("answer") or {}).get("answer_details") or []
-        out.append(EvalQuery("toolbench_g1", str(key), item["query"].strip(), tools, _first_toolbench_call(details)))
+        out.append(
+            EvalQuery("toolbench_g1", str(key), item["query"].strip(), tools, _first_toolbench_call(details))
+        )
     return out
 
 

@@ -65,7 +65,7 @@ class ToolCall:
 
 
 _FENCED = re.compile(r"^```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```$", re.S | re.I)
-_BARE_NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+_BARE_NAME = re.compile(r"^\w[\w.\-]*$")  # ToolBench names may start with a digit
 _REFUSALS = {"none", "no", "n/a", "null", "nothing", "no tool"}  # a tool turn that declines to name one
 _THOUGHT_LINE = re.compile(r"^\s*Thought\s*:", re.I)
 _INPUT_LINE = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:", re.I | re.M)

@@ -1,0 +1,56 @@
+"""Batched greedy chat generation with a HF causal LM: one implementation for negative-sample replies and
+for evaluation.
+
+Prompts are rendered with the tokenizer's own chat template (a model trained here carries the template
+it was trained with), left-padded so a batch generates together; greedy decoding makes the output a
+function of the model and the prompt, so batching never changes an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class ChatGenerator:
+    def __init__(
+        self, model_path: str, max_new_tokens: int, batch_size: int = 8, device: str | None = None
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    def prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
+
+    def generate(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+        import torch
+
+        replies: list[str] = []
+        for start in range(0, len(conversations), self.batch_size):
+            chunk = conversations[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [self.prompt(c) for c in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            with torch.no_grad():
+                out = self.model.generate(
+                    **enc,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1] :]
+            replies.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        return replies
