@@ -29,7 +29,10 @@ from agentflan.train.model import build_model, model_inputs, tiny_llama_config
 from agentflan.train.packing import collate_padded
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {"1b": {"hidden_size": 2048, "num_layers": 20, "num_heads": 16}, "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}}
+SIZES = {
+    "1b": {"hidden_size": 2048, "num_layers": 20, "num_heads": 16},
+    "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4},
+}
 
 
 def flops_per_token(n_params: int, layers: int, hidden: int, mean_context: float) -> float:
@@ -78,10 +81,18 @@ def main() -> None:
     size = SIZES[args.size]
     tmp = Path(tempfile.mkdtemp(prefix="agentflan-gpu-bench-"))
     overrides = [
-        f"output_dir={tmp}", "data.engine=local", f"train.seq_len={args.seq_len}", f"train.max_steps={args.steps + 2}",
-        f"train.global_batch_size={args.rows}", f"train.micro_batch_size={args.rows}", "train.scaling.num_workers=1",
-        f"train.scaling.use_gpu={str(gpu).lower()}", "train.deepspeed.zero_stage=2", "train.lr=1e-5",
-        f"train.checkpoint_every={args.steps + 10}", "train.model.vocab_size=32000",
+        f"output_dir={tmp}",
+        "data.engine=local",
+        f"train.seq_len={args.seq_len}",
+        f"train.max_steps={args.steps + 2}",
+        f"train.global_batch_size={args.rows}",
+        f"train.micro_batch_size={args.rows}",
+        "train.scaling.num_workers=1",
+        f"train.scaling.use_gpu={str(gpu).lower()}",
+        "train.deepspeed.zero_stage=2",
+        "train.lr=1e-5",
+        f"train.checkpoint_every={args.steps + 10}",
+        "train.model.vocab_size=32000",
         *(f"train.model.{k}={v}" for k, v in size.items()),
     ]
     if gpu:
@@ -95,11 +106,21 @@ def main() -> None:
     samples = [s.truncate(args.seq_len) for s in encode_split(convs, tok, cfg)]
     samples = [s for s in samples if s.n_trained > 0]
     mean_len = statistics.mean(len(s) for s in samples)
-    config = tiny_llama_config(len(tok), size["hidden_size"], size["num_layers"], size["num_heads"],
-                               max(2048, args.seq_len), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    config = tiny_llama_config(
+        len(tok),
+        size["hidden_size"],
+        size["num_layers"],
+        size["num_heads"],
+        max(2048, args.seq_len),
+        tok.bos_token_id,
+        tok.eos_token_id,
+        tok.pad_token_id,
+    )
     model = build_model(config=config, seed=0).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    padded_tps, padded_share = plain_padded(model, samples, tok.pad_token_id, args.batch, args.steps, device, gpu)
+    padded_tps, padded_share = plain_padded(
+        model, samples, tok.pad_token_id, args.batch, args.steps, device, gpu
+    )
     del model
     if gpu:
         torch.cuda.empty_cache()
@@ -119,7 +140,9 @@ def main() -> None:
         ("plain loop, padded to the longest", padded_tps, padded_share),
         ("agentflan: Ray Train + DeepSpeed ZeRO-2, packed", ours_tps, ours_share),
     ]
-    print(f"{card}; {n_params / 1e9:.2f}B params; seq_len {args.seq_len}; mean sample {mean_len:.0f} tokens\n")
+    print(
+        f"{card}; {n_params / 1e9:.2f}B params; seq_len {args.seq_len}; mean sample {mean_len:.0f} tokens\n"
+    )
     print("| setup | real tokens/s | real-token share | MFU | vs padded |")
     print("|---|---|---|---|---|")
     for name, tps, share in rows:

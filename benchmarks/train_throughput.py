@@ -51,34 +51,45 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--batch", type=int, default=4, help="conversations per padded batch / rows per packed batch")
+    ap.add_argument(
+        "--batch", type=int, default=4, help="conversations per padded batch / rows per packed batch"
+    )
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(REPO / "pipelines/local.yaml", [f"output_dir={tmp}", "data.engine=local",
-                                                          f"train.seq_len={args.seq_len}"])
+        cfg = load_config(
+            REPO / "pipelines/local.yaml",
+            [f"output_dir={tmp}", "data.engine=local", f"train.seq_len={args.seq_len}"],
+        )
         run_data(cfg)
         convs = corpus_split(Path(tmp), "train")
         tok = load_tokenizer(cfg, [m["content"] for c in convs for m in c], Path(tmp) / "tok")
     samples = [s.truncate(args.seq_len) for s in encode_split(convs, tok, cfg)]
     samples = [s for s in samples if s.n_trained > 0]
-    config = tiny_llama_config(len(tok), 128, 4, 4, max(2048, args.seq_len), tok.bos_token_id,
-                               tok.eos_token_id, tok.pad_token_id)
+    config = tiny_llama_config(
+        len(tok), 128, 4, 4, max(2048, args.seq_len), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    )
 
     n_padded = (args.steps + 1) * args.batch
-    padded = [collate_padded(samples[i : i + args.batch], tok.pad_token_id) for i in range(0, n_padded, args.batch)]
+    padded = [
+        collate_padded(samples[i : i + args.batch], tok.pad_token_id) for i in range(0, n_padded, args.batch)
+    ]
     rows, _ = pack_samples(samples, args.seq_len, tok.pad_token_id)
-    packed = [collate_packed(rows[i : i + args.batch]) for i in range(0, (args.steps + 1) * args.batch, args.batch)]
+    packed = [
+        collate_packed(rows[i : i + args.batch]) for i in range(0, (args.steps + 1) * args.batch, args.batch)
+    ]
 
     results = {}
     for name, batches in (("padded to longest", padded), ("packed", packed)):
         model = build_model(config=config, seed=0)
         results[name] = measure(model, batches)
     base = results["padded to longest"][0]
-    print(f"tiny Llama ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), {args.threads} threads, "
-          f"seq_len {args.seq_len}, {args.batch} per batch, {args.steps} timed steps\n")
+    print(
+        f"tiny Llama ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), {args.threads} threads, "
+        f"seq_len {args.seq_len}, {args.batch} per batch, {args.steps} timed steps\n"
+    )
     print("| layout | real tokens/s | real-token share | speed-up |")
     print("|---|---|---|---|")
     for name, (tps, share) in results.items():
