@@ -186,3 +186,43 @@ def test_zero3_with_gradient_checkpointing(ray_session, corpus_dir, tmp_path, sh
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     assert model.config.num_hidden_layers == cfg.train.model.num_layers
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty
+
+
+def test_interrupted_job_resumes_without_redoing_the_corpus(
+    ray_session, corpus_dir, tmp_path, shared_data, capsys
+):
+    """`agentflan run` crashes in training; run again with the same spec and output dir: the corpus stage is
+    skipped (same fingerprint) and training resumes from its last checkpoint."""
+    from agentflan.cli import main
+
+    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=8", "train.max_failures=0")
+    out = Path(cfg.output_dir)
+    args = [
+        "train",
+        "pipelines/local.yaml",
+        f"output_dir={out}",
+        f"data.inputs=[{{path: {shared_data}/react/fireact_hotpotqa.jsonl, source: react}}, "
+        f"{{path: {shared_data}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
+        f"data.negatives.tool_pool_files=[{shared_data}/toolbench/G1_query.json]",
+        "data.engine=local",
+        "train.seq_len=256",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.checkpoint_every=2",
+        "train.max_steps=8",
+        "train.max_failures=0",
+    ]
+    fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
+    killed: list[int] = []
+    threading.Thread(target=_kill_a_worker_at, args=(out, 3, killed), daemon=True).start()
+    with pytest.raises(Exception):  # noqa: B017 - the dead worker group surfaces as Ray's error
+        main(args)
+    assert killed
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "is current: skipping the data stage" in err
+    assert json.loads((out / "manifest.json").read_text())["fingerprint"] == fingerprint
+    starts = [json.loads(x)["start_step"] for x in (out / "train/attempts.jsonl").read_text().splitlines()]
+    assert starts[0] == 0 and starts[-1] >= 2
+    assert steps_of(out) == list(range(1, 9))
