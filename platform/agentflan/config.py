@@ -260,11 +260,19 @@ class MlflowConfig(_Strict):
 class Config(_Strict):
     name: str = "agentflan"
     seed: int = 0
-    output_dir: str = "outputs/run"
+    output_dir: str = Field(
+        "outputs/run", description="Where every stage writes; a relative path is made absolute at load time."
+    )
     data: DataConfig
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("output_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Ray workers do not share the driver's working directory (Ray Train runs them elsewhere).
+        return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -230,3 +230,29 @@ def test_run_data_returns_the_manifest(shared_data, tmp_path):
     m = run_data(cfg)
     assert m == manifest(tmp_path)
     assert m["config"]["data"]["inputs"][0]["path"].endswith("fireact_hotpotqa.jsonl")
+
+
+def test_fingerprint_does_not_depend_on_where_the_inputs_lie(shared_data, tmp_path):
+    import shutil
+
+    prints = []
+    for where in ("a", "deeper/b"):
+        d = tmp_path / where
+        d.mkdir(parents=True)
+        shutil.copy(shared_data / "react/fireact_hotpotqa.jsonl", d)
+        out = tmp_path / f"out_{where.replace('/', '_')}"
+        assert (
+            main(
+                [
+                    "data",
+                    "pipelines/local.yaml",
+                    f"data.inputs=[{d}/fireact_hotpotqa.jsonl]",
+                    f"output_dir={out}",
+                    "data.engine=local",
+                    "data.negatives.tool_pool_files=[]",
+                ]
+            )
+            == 0
+        )
+        prints.append(manifest(out)["fingerprint"])
+    assert prints[0] == prints[1]

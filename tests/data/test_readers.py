@@ -30,7 +30,7 @@ def test_agentinstruct_conversations_keep_loss(shared_data):
     # AgentInstruct's own loss flags: the "Ok." acknowledgement is not trained, the steps are.
     assert first.messages[1].content == "Ok." and first.messages[1].loss is False
     assert first.messages[3].loss is True
-    assert first.meta["origin"].endswith("db.jsonl:1")
+    assert first.origin.endswith("db.jsonl:1")
 
 
 def test_messages_schema(shared_data):
@@ -38,7 +38,7 @@ def test_messages_schema(shared_data):
     assert len(recs) == 200
     assert recs[0].messages[0].role == "system"
     # JSON array elements carry their line numbers
-    lines = [int(r.meta["origin"].rsplit(":", 1)[1]) for r in recs]
+    lines = [int(r.origin.rsplit(":", 1)[1]) for r in recs]
     assert lines == sorted(lines) and lines[0] == 2
     fireact = records(shared_data / "react/fireact_hotpotqa.jsonl")
     assert len(fireact) == 500 and fireact[0].id == "fireact_hotpotqa:L1"

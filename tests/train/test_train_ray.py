@@ -226,3 +226,23 @@ def test_interrupted_job_resumes_without_redoing_the_corpus(
     starts = [json.loads(x)["start_step"] for x in (out / "train/attempts.jsonl").read_text().splitlines()]
     assert starts[0] == 0 and starts[-1] >= 2
     assert steps_of(out) == list(range(1, 9))
+
+
+def test_lora_through_peft_saves_a_merged_model(ray_session, corpus_dir, tmp_path, shared_data):
+    from transformers import AutoModelForCausalLM
+
+    from agentflan.train.recipe import run_train
+
+    cfg = fresh_run(
+        corpus_dir,
+        tmp_path,
+        shared_data,
+        "train.max_steps=2",
+        "train.model.lora.enabled=true",
+        "train.model.lora.r=4",
+        "train.model.lora.alpha=8",
+    )
+    summary = run_train(cfg)
+    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
+    names = [n for n, _ in model.named_parameters()]
+    assert names and not any("lora" in n for n in names)  # adapters merged into plain Llama weights

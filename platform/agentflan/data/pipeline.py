@@ -76,8 +76,9 @@ def resolve_inputs(specs: list[InputSpec]) -> list[InputFile]:
         paths = expand_inputs(spec.path)
         if not paths or ("://" not in spec.path and not all(Path(p).is_file() for p in paths)):
             raise PipelineError(f"data.inputs: no input files found at {spec.path!r}")
-        for p in paths:
-            files.append(InputFile(p, spec.source or Path(p).stem, spec.kind))
+        for p in paths:  # absolute: Ray workers may run in another working directory
+            path = p if "://" in p else str(Path(p).resolve())
+            files.append(InputFile(path, spec.source or Path(p).stem, spec.kind))
     return files
 
 

@@ -307,10 +307,11 @@ def parse_item(item: dict[str, Any], source: str) -> tuple[Record, str]:
     stem = Path(item["path"]).stem
     has_id = isinstance(native_id, (str, int)) and str(native_id) != ""
     rid = f"{stem}:{native_id}" if has_id else f"{stem}:L{item['line']}"
-    meta.update({"format": fmt, "origin": f"{item['path']}:{item['line']}", "file": stem})
-    return Record(
-        id=rid, source=source, messages=messages, tools=tools, meta=meta, origin=meta["origin"]
-    ), fmt
+    # The origin (file:line) is kept beside the record, not in meta: meta is part of the fingerprint, and the
+    # fingerprint must not depend on where the input files happen to lie.
+    meta.update({"format": fmt, "file": stem})
+    origin = f"{item['path']}:{item['line']}"
+    return Record(id=rid, source=source, messages=messages, tools=tools, meta=meta, origin=origin), fmt
 
 
 def is_agent_record(record: Record) -> bool:

@@ -96,7 +96,7 @@ class Record:
             "status": "ok",
             "stage": "",
             "reason": "",
-            "origin": self.origin or self.meta.get("origin", ""),
+            "origin": self.origin,
             "raw": "",
         }
 

@@ -177,7 +177,7 @@ def generate(
         elif isinstance(result, Drop):
             filtered[result.reason] += 1
         else:
-            out.append(replace(result, origin=seed.origin or seed.meta.get("origin", "")))
+            out.append(replace(result, origin=seed.origin))
             n_out += 1
     out.append(count_row(stage, n_in, n_out, filtered, quarantined))
     return out
