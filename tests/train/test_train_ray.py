@@ -96,6 +96,7 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
         assert client(cfg).get_metric_history(summary["run_id"], name)
     artifacts = {a.path for a in client(cfg).list_artifacts(summary["run_id"])}
     assert {"config.json", "manifest.json", "packing_stats.json"} <= artifacts
+    assert (Path(cfg.output_dir) / "mlartifacts").is_dir()  # beside the sqlite store, not in the CWD
 
 
 def _registered_checkpoints(out: Path) -> list[int]:
