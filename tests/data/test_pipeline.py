@@ -256,3 +256,30 @@ def test_fingerprint_does_not_depend_on_where_the_inputs_lie(shared_data, tmp_pa
         )
         prints.append(manifest(out)["fingerprint"])
     assert prints[0] == prints[1]
+
+
+def test_hub_dataset_id_goes_through_datasets(monkeypatch, shared_data, tmp_path):
+    """No hub is reachable here: a local `datasets.Dataset` stands in for `load_dataset("owner/name")`."""
+    import datasets
+
+    rows = [
+        json.loads(x) for x in (shared_data / "react/fireact_hotpotqa.jsonl").read_text().splitlines()[:20]
+    ]
+    calls = []
+
+    def fake_load(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    args = [
+        "data",
+        "pipelines/local.yaml",
+        "data.inputs=[{path: someone/agent-traj, split: train}]",
+        f"output_dir={tmp_path}",
+        "data.engine=local",
+        "data.negatives.tool_pool_files=[]",
+    ]
+    assert main(args) == 0
+    assert calls == [("someone/agent-traj", "train")]
+    assert manifest(tmp_path)["stages"][0]["in"] == 20
