@@ -86,8 +86,9 @@ class PeakMemory:
         return self.peak
 
 
-def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> dict:
-    cmd = [
+def data_cmd(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> list[str]:
+    """``agentflan data`` on the bundled spec with these inputs, engine and output dir."""
+    return [
         sys.executable,
         "-m",
         "agentflan.cli",
@@ -99,6 +100,10 @@ def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> dic
         f"data.negatives.tool_pool_files=[{SAMPLE / 'tools/G1_query.json'}]",
         f"output_dir={out}",
     ]
+
+
+def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> dict:
+    cmd = data_cmd(engine, inputs, out, num_cpus)
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mem = PeakMemory(proc.pid)
@@ -126,17 +131,7 @@ def run_two_plain(inputs_a: list[dict], inputs_b: list[dict], out: Path, num_cpu
     t0 = time.time()
     procs = []
     for name, inputs in (("a", inputs_a), ("b", inputs_b)):
-        cmd = [
-            sys.executable,
-            "-m",
-            "agentflan.cli",
-            "data",
-            str(REPO / "pipelines/local.yaml"),
-            f"data.inputs={json.dumps(inputs)}",
-            "data.engine=local",
-            f"data.negatives.tool_pool_files=[{SAMPLE / 'tools/G1_query.json'}]",
-            f"output_dir={out / name}",
-        ]
+        cmd = data_cmd("local", inputs, out / name, num_cpus)
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     for p in procs:
         p.wait()
@@ -193,7 +188,7 @@ def main() -> None:
                 r["trajectories"] = copies * scale * TRAJECTORIES_PER_COPY
                 results.append(r)
             shutil.rmtree(corpus)
-            if scale == 1 and args.ceiling:
+            if scale == 1 and args.ceiling and copies >= 2:
                 half = copies // 2
                 a = build_corpus(root / "half_a", half)
                 b = build_corpus(root / "half_b", copies - half)
