@@ -104,7 +104,11 @@ def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path):
         "eval.max_tool_use_per_source=1",
         "eval.max_new_tokens=4",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(30):  # the head answers `job list` before its job agent is ready to take a submission
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in proc.stdout + proc.stderr:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
