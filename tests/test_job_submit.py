@@ -55,6 +55,17 @@ def ray_head():
             "--num-cpus=2",
             "--include-dashboard=true",
             f"--temp-dir={temp_dir}",
+            # Ports of its own: the session's Ray instance (other tests) holds the default agent ports.
+            *(
+                f"--{flag}={free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                    "ray-client-server-port",
+                )
+            ),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
