@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -24,9 +23,9 @@ import torch
 from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
 from agentflan.train.data import corpus_split, encode_split, load_tokenizer
-from agentflan.train.loss import weighted_token_loss
-from agentflan.train.model import build_model, model_inputs, tiny_llama_config
+from agentflan.train.model import build_model, tiny_llama_config
 from agentflan.train.packing import collate_padded
+from train_throughput import measure  # a sibling script: benchmarks/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {
@@ -38,31 +37,6 @@ SIZES = {
 def flops_per_token(n_params: int, layers: int, hidden: int, mean_context: float) -> float:
     """Training FLOPs per token: 6N for the matmuls with parameters, plus causal attention scores."""
     return 6 * n_params + 6 * layers * hidden * mean_context
-
-
-def plain_padded(model, samples, pad_id, batch: int, steps: int, device, bf16: bool) -> tuple[float, float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    real = slots = 0
-    elapsed = 0.0
-    for step in range(steps + 1):
-        chunk = samples[step * batch : (step + 1) * batch]
-        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_padded(chunk, pad_id).items()}
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**model_inputs(b)).logits
-        loss_sum, n = weighted_token_loss(logits, b["labels"], b["weights"])
-        (loss_sum / n.clamp(min=1)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step:  # the first step is warm-up
-            elapsed += time.perf_counter() - t0
-            real += int(b["real_mask"].sum())
-            slots += b["real_mask"].numel()
-    return real / elapsed, real / slots
 
 
 def main() -> None:
@@ -118,9 +92,11 @@ def main() -> None:
     )
     model = build_model(config=config, seed=0).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    padded_tps, padded_share = plain_padded(
-        model, samples, tok.pad_token_id, args.batch, args.steps, device, gpu
-    )
+    pad = tok.pad_token_id
+    batches = [
+        collate_padded(samples[i * args.batch : (i + 1) * args.batch], pad) for i in range(args.steps + 1)
+    ]
+    padded_tps, padded_share = measure(model, batches, lr=1e-5, device=device, bf16=gpu)
     del model
     if gpu:
         torch.cuda.empty_cache()

@@ -27,18 +27,30 @@ from agentflan.train.packing import collate_packed, collate_padded, pack_samples
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(model, batches, lr: float = 1e-3) -> tuple[float, float]:
-    """Real tokens/s and real-token share over the batches (one optimizer step each; first is warm-up)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+def measure(
+    model, batches, lr: float = 1e-3, device: torch.device | None = None, bf16: bool = False
+) -> tuple[float, float]:
+    """Real tokens/s and real-token share over the batches (one optimizer step each; the first is warm-up).
+
+    Shared with ``gpu_train.py`` for its padded baseline (there on cuda, with bf16 autocast)."""
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=cuda)
     real = slots = 0
     elapsed = 0.0
-    for i, batch in enumerate(batches):
+    for i, cpu_batch in enumerate(batches):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in cpu_batch.items()}
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        logits = model(**model_inputs(batch)).logits
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**model_inputs(batch)).logits
         loss_sum, n = weighted_token_loss(logits, batch["labels"], batch["weights"])
         (loss_sum / n.clamp(min=1)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         if i == 0:
             continue
         elapsed += time.perf_counter() - t0

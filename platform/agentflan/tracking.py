@@ -58,7 +58,9 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
         exp_id = exp.experiment_id
     else:
         # With the default sqlite store, artifacts go beside it (MLflow's default is ./mlruns in the CWD).
-        location = None if cfg.mlflow.tracking_uri else (Path(cfg.output_dir) / "mlartifacts").resolve().as_uri()
+        location = (
+            None if cfg.mlflow.tracking_uri else (Path(cfg.output_dir) / "mlartifacts").resolve().as_uri()
+        )
         exp_id = c.create_experiment(cfg.mlflow.experiment, artifact_location=location)
     run = c.create_run(
         exp_id, run_name=run_name, tags={"agentflan.output_dir": str(cfg.output_dir), **(tags or {})}

@@ -18,22 +18,24 @@ from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
 
 
+def overrides(out: Path, shared: Path, *extra: str) -> list[str]:
+    """The small run every test here starts from (also what the CLI test passes on the command line)."""
+    return [
+        f"output_dir={out}",
+        f"data.inputs=[{{path: {shared}/react/fireact_hotpotqa.jsonl, source: react}}, "
+        f"{{path: {shared}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
+        f"data.negatives.tool_pool_files=[{shared}/toolbench/G1_query.json]",
+        "data.engine=local",
+        "train.seq_len=256",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.checkpoint_every=2",
+        *extra,
+    ]
+
+
 def make_cfg(out: Path, shared: Path, *extra: str):
-    return load_config(
-        "pipelines/local.yaml",
-        [
-            f"output_dir={out}",
-            f"data.inputs=[{{path: {shared}/react/fireact_hotpotqa.jsonl, source: react}}, "
-            f"{{path: {shared}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
-            f"data.negatives.tool_pool_files=[{shared}/toolbench/G1_query.json]",
-            "data.engine=local",
-            "train.seq_len=256",
-            "train.global_batch_size=4",
-            "train.micro_batch_size=1",
-            "train.checkpoint_every=2",
-            *extra,
-        ],
-    )
+    return load_config("pipelines/local.yaml", overrides(out, shared, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -201,17 +203,7 @@ def test_interrupted_job_resumes_without_redoing_the_corpus(
     args = [
         "train",
         "pipelines/local.yaml",
-        f"output_dir={out}",
-        f"data.inputs=[{{path: {shared_data}/react/fireact_hotpotqa.jsonl, source: react}}, "
-        f"{{path: {shared_data}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
-        f"data.negatives.tool_pool_files=[{shared_data}/toolbench/G1_query.json]",
-        "data.engine=local",
-        "train.seq_len=256",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.checkpoint_every=2",
-        "train.max_steps=8",
-        "train.max_failures=0",
+        *overrides(out, shared_data, "train.max_steps=8", "train.max_failures=0"),
     ]
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     killed: list[int] = []

@@ -128,6 +128,7 @@ class PassSink:
         self.quarantine = ShardWriter(out_dir / "quarantine" / ok_name, QUARANTINE_SCHEMA)
         self.filtered = ShardWriter(out_dir / "filtered" / ok_name, FILTERED_SCHEMA)
         self.counts = StageCounts()
+        self.splits: Counter[str] = Counter()  # rows written per split (corpus rows carry one)
         self._digest_sum = 0  # multiset hash: sum of row digests mod 2**256, order-free and O(1) memory
         self._pool_size = tool_pool_size
         self._pool: list[tuple[int, str]] = []  # max-heap (negated) of the smallest tool-list hashes
@@ -143,6 +144,8 @@ class PassSink:
         if ok.num_rows == 0:
             return
         self.ok.write(ok)
+        if "split" in ok.column_names:
+            self.splits.update(ok.column("split").to_pylist())
         for h in ok.column("hash").to_pylist():
             self._digest_sum = (
                 self._digest_sum + int.from_bytes(hashlib.sha256(h.encode()).digest(), "big")

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from agentflan.config import Config
-from agentflan.data.record import TRAINED_CAPABILITIES, Message, Record
+from agentflan.data.pipeline import read_corpus
+from agentflan.data.record import TRAINED_CAPABILITIES, Record
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.sources import EvalSources, training_queries
@@ -64,18 +63,6 @@ def generate(cfg: Config, model_path: str, prompts: dict[str, list[dict[str, str
         batch_format="numpy",
     )
     return {row["id"]: row["reply"] for row in ds.take_all()}
-
-
-def _corpus_records(output_dir: Path, split: str | None = None) -> list[Record]:
-    records = []
-    for shard in sorted((output_dir / "corpus").glob("part-*.parquet")):
-        for row in pq.read_table(shard).to_pylist():
-            if split is None or row["split"] == split:
-                msgs = [Message.from_dict(m) for m in row["messages"]]
-                records.append(
-                    Record(row["id"], row["source"], msgs, json.loads(row["tools"]), json.loads(row["meta"]))
-                )
-    return records
 
 
 def validation_loss(cfg: Config, model_path: str, records: list[Record]) -> dict[str, dict[str, float]]:
@@ -151,15 +138,15 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in report["agent_h"].items():
-        if isinstance(v, (int, float)) and v is not None:
-            out[f"agent_h.{k}"] = float(v)
-    for k, v in report["tool_use"]["overall"].items():
-        if isinstance(v, (int, float)) and v is not None:
-            out[f"tool_use.{k}"] = float(v)
-    for cap, v in report["validation_loss"].items():
-        out[f"val_loss.{cap}"] = v["loss"]
+    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.* (None and NaN left out)."""
+    sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
+    out = {
+        f"{name}.{k}": float(v)
+        for name, d in sections.items()
+        for k, v in d.items()
+        if isinstance(v, (int, float))
+    }
+    out.update({f"val_loss.{cap}": v["loss"] for cap, v in report["validation_loss"].items()})
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
@@ -173,7 +160,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         raise FileNotFoundError(f"no model at {model_path}: train first, or pass model=PATH")
     eval_dir = out / "eval"
     progress("eval: building Agent-H and tool-use sets (disjoint from the training corpus)")
-    corpus = _corpus_records(out) if (out / "corpus").exists() else []
+    corpus = read_corpus(out) if (out / "corpus").exists() else []
     exclude = training_queries(corpus)
     sources = EvalSources.from_dir(e.data_dir)
     agent_h = build_agent_h(

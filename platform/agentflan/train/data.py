@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from agentflan.config import Config
+from agentflan.data.pipeline import read_corpus
 from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
 from agentflan.train.tokenizer import train_bpe_tokenizer
@@ -43,18 +44,8 @@ class PackedData:
 
 
 def corpus_split(output_dir: Path, split: str) -> list[list[dict[str, Any]]]:
-    """The message lists of one split of the corpus written by the data pipeline."""
-    shards = sorted((output_dir / "corpus").glob("part-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"no corpus under {output_dir / 'corpus'}: run `agentflan data` first")
-    out = []
-    for shard in shards:
-        table = pq.read_table(shard, columns=["id", "split", "messages"])
-        for row in table.to_pylist():
-            if row["split"] == split:
-                out.append((row["id"], row["messages"]))
-    out.sort(key=lambda x: x[0])  # shard order is not fixed (Ray Data); ids are
-    return [m for _, m in out]
+    """The message lists of one split of the corpus written by the data pipeline, in id order."""
+    return [[m.to_dict() for m in r.messages] for r in read_corpus(output_dir, split)]
 
 
 def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
