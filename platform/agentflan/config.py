@@ -137,6 +137,16 @@ class DataConfig(_Strict):
     negatives: NegativesConfig = NegativesConfig()
     mixture: MixtureConfig = MixtureConfig()
     validation_fraction: float = Field(0.02, ge=0, lt=1)
+    split_seed: int | None = Field(
+        None,
+        description="Seed of the train/validation split (default: `seed`). A Tune study pins it, so that "
+        "trials with other seeds never train on the held-out records.",
+    )
+    heldout_from: str | None = Field(
+        None,
+        description="Output dir of a corpus whose validation split this run is scored on (validation loss "
+        "in training and eval) instead of its own; a Tune study points every trial at its base corpus.",
+    )
 
     @field_validator("inputs", mode="before")
     @classmethod

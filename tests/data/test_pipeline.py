@@ -9,7 +9,7 @@ import pytest
 
 from agentflan.cli import main
 from agentflan.config import load_config
-from agentflan.data.pipeline import corpus_files, run_data
+from agentflan.data.pipeline import corpus_files, read_corpus, remix, run_data
 
 REAL_INPUTS = [
     "{path: %s/agentinstruct/db.jsonl, source: agentinstruct}",
@@ -44,8 +44,11 @@ def assert_adds_up(m: dict) -> None:
     by = {s["name"]: s for s in m["stages"]}
     assert by["filter"]["in"] == by["read"]["out"]
     assert by["align"]["in"] == by["filter"]["out"] + by["format_following"]["out"]
-    assert by["decompose"]["in"] == by["align"]["out"]
-    assert by["mixture"]["in"] == by["decompose"]["out"] + by["negatives"]["out"]
+    # align emits a chat and a ReAct variant of each trajectory (the variant counts as "repeated")
+    assert by["decompose"]["in"] == by["align"]["out"] + by["align"]["repeated"]
+    assert by["choose_format"]["in"] == by["decompose"]["out"]
+    assert by["choose_format"]["filtered_reasons"]["other_format_variant"] == by["align"]["repeated"]
+    assert by["mixture"]["in"] == by["choose_format"]["out"] + by["negatives"]["out"]
     assert m["rows"]["corpus"] == by["mixture"]["out"] + by["mixture"].get("repeated", 0)
 
 
@@ -283,3 +286,33 @@ def test_hub_dataset_id_goes_through_datasets(monkeypatch, shared_data, tmp_path
     assert main(args) == 0
     assert calls == [("someone/agent-traj", "train")]
     assert manifest(tmp_path)["stages"][0]["in"] == 20
+
+
+def test_remix_reruns_pass_b_on_the_decomposed_corpus(shared_data, local_run, tmp_path):
+    """What a Tune trial does: the same config re-mixed gives the same corpus as the full pipeline; ReAct
+    share, negatives and weights change it without re-running pass A; the held-out split stays put."""
+    args = real_args(shared_data, tmp_path)[2:4]  # the inputs and the tool pool
+    same = remix(load_config("pipelines/local.yaml", args + [f"output_dir={tmp_path / 'same'}"]), local_run)
+    assert same["fingerprint"] == manifest(local_run)["fingerprint"]
+    assert same["decomposed_from"] == str(local_run)
+    assert_adds_up(same)
+
+    changed = load_config(
+        "pipelines/local.yaml",
+        args
+        + [
+            f"output_dir={tmp_path / 'changed'}",
+            "seed=3",
+            "data.split_seed=0",
+            "data.react_share=1.0",
+            "data.negatives.enabled=false",
+        ],
+    )
+    m = remix(changed, local_run)
+    assert "negatives" not in m["buckets"] and m["fingerprint"] != same["fingerprint"]
+    records = read_corpus(changed.output_dir)
+    agent = [r for r in records if r.meta.get("kind") == "agent" and not r.meta.get("generated")]
+    assert agent and all(r.meta["format"] == "react" for r in agent)
+    base_val = {r.id for r in read_corpus(local_run, "validation") if r.bucket != "negatives"}
+    new_val = {r.id for r in records if r.meta["split"] == "validation"}
+    assert new_val == base_val  # split pinned by data.split_seed

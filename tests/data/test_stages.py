@@ -9,8 +9,15 @@ from dataclasses import replace
 import pytest
 
 from agentflan.config import CapabilityWeights, NegativesConfig
-from agentflan.data.align import ELICIT_ARGS, ELICIT_FINAL, ELICIT_TOOL, align_record, make_format_following
-from agentflan.data.decompose import decompose_record
+from agentflan.data.align import (
+    ELICIT_ARGS,
+    ELICIT_FINAL,
+    ELICIT_TOOL,
+    align_record,
+    choose_format,
+    make_format_following,
+)
+from agentflan.data.decompose import decompose_record, weigh_record
 from agentflan.data.filtering import filter_record, strip_dfsdt_preface, strip_fewshot
 from agentflan.data.mixture import mix_record
 from agentflan.data.negatives import NegativeSampler, load_tool_pool_file
@@ -30,6 +37,15 @@ def load(path, kind="agent", source=None):
             )
         )
     return out
+
+
+def aligned(record: Record, react_share: float = 0.0, seed: int = 0) -> Record:
+    """The variant of an aligned trajectory the mixture keeps for this ReAct share."""
+    variants = align_record(record, seed)
+    variants = variants if isinstance(variants, list) else [variants]
+    kept = [k for k in (choose_format(v, seed, react_share) for v in variants) if isinstance(k, Record)]
+    assert len(kept) == 1
+    return decompose_record(kept[0])
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +127,9 @@ def test_non_react_agent_record_is_dropped():
 
 def test_react_step_becomes_chat_turns(fireact):
     rec = fireact[0]  # Thought/search, Observation, Thought/finish, Observation
-    aligned = align_record(rec, seed=0, react_share=0.0)
-    roles_caps = [(m.role, m.capability) for m in aligned.messages]
+    chat, react = align_record(rec, seed=0)
+    assert (chat.meta["format"], react.meta["format"]) == ("chat", "react") and chat.id == react.id
+    roles_caps = [(m.role, m.capability) for m in chat.messages]
     assert roles_caps == [
         ("user", "none"),
         ("assistant", "reasoning"),
@@ -125,7 +142,7 @@ def test_react_step_becomes_chat_turns(fireact):
         ("user", "none"),
         ("assistant", "reasoning"),
     ]
-    m = aligned.messages
+    m = chat.messages
     assert m[2].content in ELICIT_TOOL and m[4].content in ELICIT_ARGS and m[8].content in ELICIT_FINAL
     assert m[3].content == "search" and m[9].content == "Badr Hari"
     assert m[6].name == "search" and not m[6].content.startswith("Observation")
@@ -136,10 +153,11 @@ def test_react_step_becomes_chat_turns(fireact):
 
 
 def test_react_share_keeps_about_a_tenth(fireact):
-    kept = [align_record(r, seed=0, react_share=0.1).meta["format"] for r in fireact]
+    kept = [aligned(r, react_share=0.1).meta["format"] for r in fireact]
     share = kept.count("react") / len(kept)
     assert 0.06 < share < 0.14
-    react = next(a for r in fireact if (a := align_record(r, 0, 0.1)).meta["format"] == "react")
+    assert all(aligned(r, react_share=1.0).meta["format"] == "react" for r in fireact[:20])
+    react = next(a for r in fireact if (a := aligned(r, 0.1)).meta["format"] == "react")
     assert react.messages == [
         replace(m, capability="instruction_following") if m.role == "assistant" else m for m in react.messages
     ]
@@ -170,7 +188,7 @@ def test_mask_strategy_follows_the_weights(fireact):
     caps: Counter = Counter()
     trained: Counter = Counter()
     for r in fireact:
-        out = decompose_record(align_record(r, 0, 0.0), weights, "mask", seed=0)
+        out = weigh_record(aligned(r), weights, "mask", seed=0)
         for m in out.messages:
             if m.role == "assistant":
                 caps[m.capability] += 1
@@ -181,7 +199,7 @@ def test_mask_strategy_follows_the_weights(fireact):
 
 
 def test_loss_weight_strategy(fireact):
-    out = decompose_record(align_record(fireact[0], 0, 0.0), CapabilityWeights(), "loss_weight", seed=0)
+    out = weigh_record(aligned(fireact[0]), CapabilityWeights(), "loss_weight", seed=0)
     w = {m.capability: m.weight for m in out.messages if m.role == "assistant"}
     assert w == {"reasoning": 1.0, "retrieval": 0.25, "understanding": 0.75}
     assert all(m.loss for m in out.messages if m.role == "assistant")
@@ -189,7 +207,23 @@ def test_loss_weight_strategy(fireact):
 
 def test_no_trained_turn_is_dropped(fireact):
     zero = CapabilityWeights(reasoning=0, retrieval=0, understanding=0)
-    assert decompose_record(align_record(fireact[0], 0, 0.0), zero, "mask", 0) == Drop("no_trained_turn")
+    assert weigh_record(aligned(fireact[0]), zero, "mask", 0) == Drop("no_trained_turn")
+
+
+def test_validation_records_are_not_weighed(fireact):
+    """Held-out records keep every trained turn whatever the weights; training records are weighed."""
+    zero = CapabilityWeights(reasoning=0, retrieval=0, understanding=0)
+    weigh = lambda r: weigh_record(r, zero, "mask", 0)  # noqa: E731
+    out = [mix_record(aligned(r), {}, seed=0, validation_fraction=0.5, weigh=weigh) for r in fireact[:40]]
+    val = [o[0] for o in out if not isinstance(o, Drop)]
+    assert val and all(r.meta["split"] == "validation" for r in val)
+    assert all(m.loss for r in val for m in r.messages if m.role == "assistant")
+    assert sum(isinstance(o, Drop) for o in out) == 40 - len(val)
+    # the split follows split_seed, not seed: a study pins it so no trial trains on held-out records
+    pinned = [mix_record(aligned(r), {}, seed=7, validation_fraction=0.5, split_seed=0) for r in fireact[:40]]
+    assert [o[0].meta["split"] for o in pinned] == [
+        mix_record(aligned(r), {}, seed=0, validation_fraction=0.5)[0].meta["split"] for r in fireact[:40]
+    ]
 
 
 # ------------------------------------------------------------------ negatives
@@ -200,8 +234,8 @@ def test_negative_cases(shared_data, fireact, general):
     assert len(pool) == 5 and json.loads(pool[0])[0]["name"].endswith("_for_squake")
     cfg = NegativesConfig(case_c_rate=1.0, case_b_rate=1.0)
     sampler = NegativeSampler(cfg, TemplateResponder(seed=0), pool, seed=0)
-    aligned = [align_record(r, 0, 0.1) for r in fireact[:20]] + general[:20]
-    out = sampler(aligned)
+    seeds = [aligned(r, 0.1) for r in fireact[:20]] + general[:20]
+    out = sampler(seeds)
     made = [r for r in out if isinstance(r, Record)]
     cases = Counter(r.meta["case"] for r in made)
     assert cases == {"c": 20, "b": 20}

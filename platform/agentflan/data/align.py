@@ -12,8 +12,9 @@ turn from the other side::
     assistant  (understanding)  the arguments
     tool                        the observation
 
-A seeded share of trajectories (``data.react_share``, paper: 10%) stays in the original ReAct format, and
-format-following samples that explicitly ask for ReAct or JSON output are added
+A seeded share of trajectories (``data.react_share``, paper: 10%) stays in the original ReAct format
+(both forms are kept until the mixture chooses, see :func:`align_record`), and format-following samples
+that explicitly ask for ReAct or JSON output are added
 (:func:`make_format_following`), so the model still follows a format when one is asked for.
 """
 
@@ -128,7 +129,13 @@ def _keep_react(record: Record) -> list[Message]:
     return tagged
 
 
-def align_record(record: Record, seed: int, react_share: float) -> Record:
+def align_record(record: Record, seed: int) -> Record | list[Record]:
+    """A general chat is tagged as it is; an agent trajectory yields two variants, chat-aligned and ReAct.
+
+    Both variants go into ``decomposed/`` with the same id; the mixture keeps one of them per trajectory
+    (:func:`choose_format`), so the ReAct share is a mixture knob a Tune trial can change without
+    re-aligning. The ReAct variant is counted as an extra copy (``repeated``) of this stage.
+    """
     kind = record.meta.get("kind")
     if record.meta.get("generated"):
         return record
@@ -137,9 +144,21 @@ def align_record(record: Record, seed: int, react_share: float) -> Record:
             replace(m, capability="general" if m.role == "assistant" else "none") for m in record.messages
         ]
         return replace(record, messages=messages, meta={**record.meta, "format": "chat"})
-    if unit(seed, "react_share", record.id) < react_share:
-        return replace(record, messages=_keep_react(record), meta={**record.meta, "format": "react"})
-    return replace(record, messages=_to_chat(record, seed), meta={**record.meta, "format": "chat"})
+    chat = replace(record, messages=_to_chat(record, seed), meta={**record.meta, "format": "chat"})
+    react = replace(record, messages=_keep_react(record), meta={**record.meta, "format": "react"})
+    return [chat, react]
+
+
+def has_variants(record: Record) -> bool:
+    return record.meta.get("kind") == "agent" and not record.meta.get("generated")
+
+
+def choose_format(record: Record, seed: int, react_share: float) -> Record | Drop:
+    """Keep the ReAct variant of a seeded ``react_share`` of trajectories, the chat variant of the rest."""
+    if not has_variants(record):
+        return record
+    wanted = "react" if unit(seed, "react_share", record.id) < react_share else "chat"
+    return record if record.meta.get("format") == wanted else Drop("other_format_variant")
 
 
 def make_format_following(record: Record, seed: int, per_25k: float) -> Record | Drop | None:

@@ -3,7 +3,8 @@
 A ratio ``r`` keeps each record ``floor(r)`` times plus once more with probability ``r - floor(r)``
 (seeded per record), so 0.5 halves a bucket and 2.5 repeats it 2.5 times on average. The validation split
 is drawn first and is never sampled or repeated: it stays a fixed held-out set while ratios change, which
-is what a Tune search over ratios needs to compare trials.
+is what a Tune search over ratios needs to compare trials. The capability weights are applied here too,
+to training records only (:func:`agentflan.data.decompose.weigh_record`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from agentflan.data.record import Record
@@ -29,12 +31,27 @@ def split_of(record_id: str, seed: int, validation_fraction: float) -> str:
 
 
 def mix_record(
-    record: Record, ratios: dict[str, float], seed: int, validation_fraction: float
+    record: Record,
+    ratios: dict[str, float],
+    seed: int,
+    validation_fraction: float,
+    split_seed: int | None = None,
+    weigh: Callable[[Record], Record | Drop] | None = None,
 ) -> list[Record] | Drop:
-    split = split_of(record.id, seed, validation_fraction)
+    """Assign the split (by ``split_seed``, default ``seed``); weigh and sample a training record.
+
+    A validation record keeps every trained turn, unweighted: held-out loss then measures each capability
+    whatever the weights of the run, and trials with different weights are scored on the same tokens.
+    """
+    split = split_of(record.id, seed if split_seed is None else split_seed, validation_fraction)
     meta = {**record.meta, "split": split}
     if split == "validation":
         return [replace(record, meta=meta)]
+    if weigh is not None:
+        weighed = weigh(record)
+        if isinstance(weighed, Drop):
+            return weighed
+        record = weighed
     r = ratios.get(record.bucket, 1.0)
     k = math.floor(r) + (1 if unit(seed, "mixture", record.id) < r - math.floor(r) else 0)
     if k == 0:

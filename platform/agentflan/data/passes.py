@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agentflan.config import Config
-from agentflan.data.align import align_record, make_format_following
-from agentflan.data.decompose import decompose_record
+from agentflan.data.align import align_record, choose_format, make_format_following
+from agentflan.data.decompose import decompose_record, weigh_record
 from agentflan.data.filtering import filter_record
 from agentflan.data.mixture import bucket_stats, mix_record
 from agentflan.data.negatives import NegativeSampler
@@ -129,13 +129,8 @@ def pass_a(items: list[dict[str, Any]], cfg: Config) -> list[Row]:
     entries = map_records(entries, "filter", filter_record)
     ff = functools.partial(make_format_following, seed=cfg.seed, per_25k=d.format_following_per_25k)
     entries = generate(entries, "format_following", lambda recs: [ff(r) for r in recs])
-    entries = map_records(
-        entries, "align", functools.partial(align_record, seed=cfg.seed, react_share=d.react_share)
-    )
-    decompose = functools.partial(
-        decompose_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=cfg.seed
-    )
-    entries = map_records(entries, "decompose", decompose)
+    entries = map_records(entries, "align", functools.partial(align_record, seed=cfg.seed))
+    entries = map_records(entries, "decompose", decompose_record)
     rows = encode(entries)
     for row in rows:
         ok = row["status"] == "ok"
@@ -190,7 +185,9 @@ def _to_corpus_row(entry: Entry) -> Row:
 
 
 class PassB:
-    """negatives -> mixture -> corpus rows. A class so Ray can keep a model-backed responder in an actor."""
+    """choose format -> negatives -> mixture -> corpus rows. A class so Ray can keep a model-backed responder
+    in an actor. Everything a Tune trial varies (ReAct share, negatives, capability weights, ratios) is
+    applied here, so a trial re-runs this pass alone over ``decomposed/``."""
 
     def __init__(self, cfg: Config, tool_pool: list[str]) -> None:
         d = cfg.data
@@ -199,25 +196,28 @@ class PassB:
         if d.negatives.enabled:
             responder = make_responder(d.negatives.responder, cfg.seed)
             self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed)
-        decompose = functools.partial(
-            decompose_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=cfg.seed
-        )
-        self._decompose: Callable[[Record], Record | Drop] = decompose
 
     def _negatives(self, records: list[Record]) -> list[Record | Drop | None]:
         assert self.sampler is not None
-        out: list[Record | Drop | None] = []
-        for r in self.sampler(records):
-            out.append(self._decompose(r) if isinstance(r, Record) else r)
-        return out
+        return [decompose_record(r) if isinstance(r, Record) else r for r in self.sampler(records)]
 
     def rows(self, rows: list[Row]) -> list[Row]:
-        d = self.cfg.data
+        d, seed = self.cfg.data, self.cfg.seed
         entries = decode(rows)
+        choose = functools.partial(choose_format, seed=seed, react_share=d.react_share)
+        entries = map_records(entries, "choose_format", choose)
         if self.sampler is not None:
             entries = generate(entries, "negatives", self._negatives)
+        weigh = functools.partial(
+            weigh_record, weights=d.capability_weights, strategy=d.weight_strategy, seed=seed
+        )
         mix = functools.partial(
-            mix_record, ratios=d.mixture.ratios, seed=self.cfg.seed, validation_fraction=d.validation_fraction
+            mix_record,
+            ratios=d.mixture.ratios,
+            seed=seed,
+            validation_fraction=d.validation_fraction,
+            split_seed=d.split_seed,
+            weigh=weigh,
         )
         entries = map_records(entries, "mixture", mix)
         stats_row = count_row("stats", 0, 0, Counter(), Counter())

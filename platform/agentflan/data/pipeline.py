@@ -6,8 +6,9 @@ runs the engines and writes the manifest:
 
 * **Pass A** ``read -> filter -> format_following -> align -> decompose`` writes ``decomposed/``. The sink
   also collects the pool of tool lists that case (b) negatives draw from, which needs the whole corpus.
-* **Pass B** ``negatives -> mixture`` reads ``decomposed/`` and writes ``corpus/``. A Tune trial that only
-  changes ratios re-runs pass B alone.
+* **Pass B** ``choose format -> negatives -> mixture`` reads ``decomposed/`` and writes ``corpus/``. A Tune
+  trial re-runs pass B alone (:func:`remix`): the ReAct share, negatives, capability weights and ratios
+  are all applied here.
 
 Outputs under ``output_dir``: ``corpus/`` and ``decomposed/`` (parquet shards), ``quarantine/`` (each bad
 record with its reason and ``file:line``), ``filtered/`` (ids and reasons of dropped records) and
@@ -36,6 +37,8 @@ from agentflan.data.sink import PassSink
 
 # Pass B reads decomposed/ in parallel one shard per task: keep its shards small enough to spread.
 DECOMPOSED_SHARD_ROWS = 4096
+TOOL_POOL_FILE = "tool_pool.json"
+Progress = Callable[[str], None]
 
 
 class PipelineError(RuntimeError):
@@ -71,45 +74,57 @@ def resolve_inputs(specs: list[InputSpec]) -> list[InputFile]:
     return files
 
 
-# ------------------------------------------------------------------------------------------ pass A
-
-
 def tool_pool(cfg: Config, sink_a: PassSink) -> list[str]:
-    """Tool lists for case (b) negatives: the corpus's own, then those of ``negatives.tool_pool_files``."""
+    """Tool lists for case (b) negatives: the corpus's own, then those of ``negatives.tool_pool_files``.
+    Saved beside the decomposed shards, so a re-mix (:func:`remix`) draws from the same pool."""
     pool = sink_a.tool_pool()
     for path in cfg.data.negatives.tool_pool_files:
         pool += [t for t in load_tool_pool_file(path) if t not in pool]
+    (Path(cfg.output_dir) / "decomposed" / TOOL_POOL_FILE).write_text(json.dumps(pool, ensure_ascii=False))
     return pool
 
 
-def _shards(out: Path) -> list[str]:
-    return sorted(str(p) for p in (out / "decomposed").glob("part-*.parquet"))
+def _shards(decomposed: Path) -> list[str]:
+    return sorted(str(p) for p in decomposed.glob("part-*.parquet"))
 
 
-def _run_local(
-    cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]
-) -> tuple[PassSink, PassSink, list[str]]:
-    sink_a = PassSink(
+def _pass_a_sink(cfg: Config, out: Path) -> PassSink:
+    return PassSink(
         out, "decomposed", PASS_A_SCHEMA, cfg.data.negatives.tool_pool_size, DECOMPOSED_SHARD_ROWS
     )
+
+
+def _pass_a_local(cfg: Config, files: list[InputFile], out: Path, progress: Progress) -> PassSink:
+    sink_a = _pass_a_sink(cfg, out)
     for i, f in enumerate(files, 1):
         progress(f"pass A: file {i}/{len(files)} {f.path}")
         for table in pass_a_file(f.__dict__, cfg):
             sink_a.consume(table)
     sink_a.close()
-    progress("pass B: negatives -> mixture")
-    pool = tool_pool(cfg, sink_a)
+    return sink_a
+
+
+def _pass_b_local(cfg: Config, shards: list[str], pool: list[str], out: Path) -> PassSink:
     pass_b = PassB(cfg, pool)
     sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
-    for shard in _shards(out):
+    for shard in shards:
         for table in pass_b.shard(shard):
             sink_b.consume(table)
     sink_b.close()
-    return sink_a, sink_b, pool
+    return sink_b
+
+
+def _run_local(
+    cfg: Config, files: list[InputFile], out: Path, progress: Progress
+) -> tuple[PassSink, PassSink, list[str]]:
+    sink_a = _pass_a_local(cfg, files, out, progress)
+    progress("pass B: choose format -> negatives -> mixture")
+    pool = tool_pool(cfg, sink_a)
+    return sink_a, _pass_b_local(cfg, _shards(out / "decomposed"), pool, out), pool
 
 
 def _run_ray(
-    cfg: Config, files: list[InputFile], out: Path, progress: Callable[[str], None]
+    cfg: Config, files: list[InputFile], out: Path, progress: Progress
 ) -> tuple[PassSink, PassSink, list[str]]:
     """Each pass is one Ray Data map over a list of files: a task reads its file and runs every stage on
     it, so nothing travels through the object store but the results. Per-operator resource reservation
@@ -120,7 +135,7 @@ def _run_ray(
     d = cfg.data
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     progress("pass A: read -> filter -> format_following -> align -> decompose")
-    sink_a = PassSink(out, "decomposed", PASS_A_SCHEMA, d.negatives.tool_pool_size, DECOMPOSED_SHARD_ROWS)
+    sink_a = _pass_a_sink(cfg, out)
     ds = ray.data.from_items([f.__dict__ for f in files], override_num_blocks=len(files)).map_batches(
         _pass_a_task, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow"
     )
@@ -128,10 +143,10 @@ def _run_ray(
         sink_a.consume(batch)
     sink_a.close()
 
-    progress("pass B: negatives -> mixture")
+    progress("pass B: choose format -> negatives -> mixture")
     sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
     pool = tool_pool(cfg, sink_a)
-    shards = _shards(out)
+    shards = _shards(out / "decomposed")
     src = ray.data.from_items([{"path": p} for p in shards], override_num_blocks=len(shards))
     if d.negatives.enabled and d.negatives.responder.kind != "template":
         # A model-backed responder lives in an actor so the model loads once.
@@ -152,7 +167,30 @@ def _run_ray(
     return sink_a, sink_b, pool
 
 
-def run_data(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def _manifest(
+    cfg: Config, sink_b: PassSink, pass_a_stages: list[dict[str, Any]], **fields: Any
+) -> dict[str, Any]:
+    out = Path(cfg.output_dir)
+    stats = sink_b.counts.extra
+    rows = {"corpus": sink_b.rows, **fields.pop("rows", {})}
+    manifest = {
+        "name": cfg.name,
+        "fingerprint": sink_b.fingerprint(),
+        "config": cfg.model_dump(mode="json"),
+        **fields,
+        "stages": pass_a_stages + [s for s in sink_b.counts.as_list() if s["name"] != "stats"],
+        "rows": rows,
+        "splits": dict(sorted(sink_b.splits.items())),
+        "buckets": stats.get("buckets", {}),
+        "capabilities": stats.get("capabilities", {}),
+        "token_counter": TOKEN_COUNTER,
+        "outputs": {k: str(out / k) for k in ("corpus", "decomposed", "quarantine", "filtered")},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def run_data(cfg: Config, progress: Progress = lambda s: None) -> dict[str, Any]:
     """Run the corpus pipeline; returns the manifest (also written to ``output_dir/manifest.json``)."""
     files = resolve_inputs(cfg.data.inputs)
     out = Path(cfg.output_dir)
@@ -165,29 +203,48 @@ def run_data(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     t0 = time.time()
     runner = _run_ray if cfg.data.engine == "ray" else _run_local
     sink_a, sink_b, pool = runner(cfg, files, out, progress)
-    stages = sink_a.counts.as_list() + [s for s in sink_b.counts.as_list() if s["name"] != "stats"]
-    stats = sink_b.counts.extra
-    manifest = {
-        "name": cfg.name,
-        "fingerprint": sink_b.fingerprint(),
-        "decomposed_fingerprint": sink_a.fingerprint(),
-        "config": cfg.model_dump(mode="json"),
-        "engine": cfg.data.engine,
-        "seconds": round(time.time() - t0, 2),
-        "startup_seconds": round(t0 - t_start, 2),
-        "inputs": [f.__dict__ for f in files],
-        "formats": sink_a.counts.extra.get("formats", {}),
-        "stages": stages,
-        "rows": {"corpus": sink_b.rows, "decomposed": sink_a.rows},
-        "splits": dict(sorted(sink_b.splits.items())),
-        "buckets": stats.get("buckets", {}),
-        "capabilities": stats.get("capabilities", {}),
-        "token_counter": TOKEN_COUNTER,
-        "tool_pool_size": len(pool),
-        "outputs": {k: str(out / k) for k in ("corpus", "decomposed", "quarantine", "filtered")},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    return manifest
+    return _manifest(
+        cfg,
+        sink_b,
+        sink_a.counts.as_list(),
+        decomposed_fingerprint=sink_a.fingerprint(),
+        engine=cfg.data.engine,
+        seconds=round(time.time() - t0, 2),
+        startup_seconds=round(t0 - t_start, 2),
+        inputs=[f.__dict__ for f in files],
+        formats=sink_a.counts.extra.get("formats", {}),
+        rows={"decomposed": sink_a.rows},
+        tool_pool_size=len(pool),
+    )
+
+
+def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Pass B alone: re-mix the decomposed corpus of ``base_dir`` with this config into ``output_dir``.
+
+    What a Tune trial runs: choose format, negatives, capability weights and ratios come from ``cfg``; what
+    pass A decided (inputs, filters, alignment) comes from the base. It runs in the calling process (pass B
+    over the sample corpus takes about a second with the template responder).
+    """
+    base = Path(base_dir)
+    base_manifest = json.loads((base / "manifest.json").read_text())
+    pool = json.loads((base / "decomposed" / TOOL_POOL_FILE).read_text())
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    progress(f"re-mixing the decomposed corpus of {base}")
+    sink_b = _pass_b_local(cfg, _shards(base / "decomposed"), pool, out)
+    pass_a = [s for s in base_manifest["stages"] if s["name"] not in sink_b.counts.stages]
+    return _manifest(
+        cfg,
+        sink_b,
+        pass_a,
+        decomposed_fingerprint=base_manifest["decomposed_fingerprint"],
+        decomposed_from=str(base),
+        engine="local",
+        seconds=round(time.time() - t0, 2),
+        rows={"decomposed": base_manifest["rows"]["decomposed"]},
+        tool_pool_size=len(pool),
+    )
 
 
 def corpus_files(output_dir: str | Path) -> list[str]:
@@ -217,4 +274,4 @@ def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record
     return sorted(records, key=lambda r: r.id)
 
 
-__all__ = ["run_data", "corpus_files", "read_corpus", "PipelineError"]
+__all__ = ["run_data", "remix", "corpus_files", "read_corpus", "PipelineError"]

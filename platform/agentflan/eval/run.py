@@ -97,6 +97,13 @@ def validation_loss(cfg: Config, model_path: str, records: list[Record]) -> dict
     return {c: {"loss": s / n, "tokens": n} for c, (s, n) in sums.items() if n}
 
 
+def heldout_records(cfg: Config, corpus: list[Record]) -> list[Record]:
+    """The validation split: the corpus's own, or that of ``data.heldout_from`` (a Tune study's base)."""
+    if cfg.data.heldout_from:
+        return read_corpus(cfg.data.heldout_from, "validation")
+    return [r for r in corpus if r.meta.get("split") == "validation"]
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     h = report["agent_h"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -192,9 +199,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
             tool_use.samples, [replies[s.id] for s in tool_use.samples], e.output_format
         ),
         "tool_use_set": tool_use.manifest,
-        "validation_loss": validation_loss(
-            cfg, model_path, [r for r in corpus if r.meta.get("split") == "validation"]
-        ),
+        "validation_loss": validation_loss(cfg, model_path, heldout_records(cfg, corpus)),
     }
     (eval_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (eval_dir / "report.md").write_text(markdown_report(report))

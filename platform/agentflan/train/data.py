@@ -95,7 +95,8 @@ def prepare(cfg: Config) -> PackedData:
     out = Path(cfg.output_dir)
     train_dir = out / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
-    convs = {split: corpus_split(out, split) for split in ("train", "validation")}
+    heldout = Path(cfg.data.heldout_from) if cfg.data.heldout_from else out
+    convs = {"train": corpus_split(out, "train"), "validation": corpus_split(heldout, "validation")}
     if not convs["train"]:
         raise ValueError(f"the corpus under {out} has no train split")
     texts = [m["content"] for msgs in convs["train"] for m in msgs]
