@@ -216,6 +216,12 @@ class TrainConfig(_Strict):
     micro_batch_size: int = Field(1, gt=0, description="Rows per worker per forward pass.")
     scaling: ScalingSpec = ScalingSpec()
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    eval_every: int | None = Field(
+        None,
+        gt=0,
+        description="Optimizer steps between validation-loss measurements (always measured at the end); "
+        "ASHA early stopping in a Tune study acts on them.",
+    )
     checkpoint_every: int = Field(50, gt=0, description="Optimizer steps between checkpoints.")
     keep_checkpoints: int = Field(2, gt=0)
     max_failures: int = Field(
@@ -262,6 +268,26 @@ class EvalConfig(_Strict):
     use_gpu: bool = False
 
 
+class TuneConfig(_Strict):
+    """How ``agentflan tune`` runs trials; the search space itself is a file in ``tune_spaces/``."""
+
+    max_concurrent_trials: int = Field(1, gt=0)
+    trial_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="Resources of a trial's driver, which re-mixes, packs, starts the trainer and evaluates.",
+    )
+    num_workers: int | None = Field(
+        None, gt=0, description="Training workers per trial (default train.scaling)."
+    )
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="Per training worker in a trial (default train.scaling.resources_per_worker)."
+    )
+    evaluate: bool = Field(True, description="Run Agent-H, tool use and held-out loss after each trial.")
+    storage_path: str | None = Field(
+        None, description="Ray Tune storage; default <output_dir>/tune/<study>/ray."
+    )
+
+
 class MlflowConfig(_Strict):
     tracking_uri: str | None = Field(None, description="Default: sqlite:///<output_dir>/mlflow.db")
     experiment: str = "agentflan"
@@ -276,6 +302,7 @@ class Config(_Strict):
     data: DataConfig
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @field_validator("output_dir")

@@ -70,9 +70,11 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
     from agentflan.tracking import client
     from agentflan.train.recipe import run_train
 
-    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=4")
+    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=4", "train.eval_every=2")
     summary = run_train(cfg)
     assert steps_of(cfg.output_dir) == [1, 2, 3, 4]
+    logged = [json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "val_loss" in r] == [2, 4]
     first, last = (
         json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()[::3]
     )
@@ -87,6 +89,8 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
     ids = tok(prompt, return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
+    # the validation loss the two workers computed together is the saved model's loss on the held-out rows
+    assert logged[-1]["val_loss"] == pytest.approx(_heldout_loss(model, cfg.output_dir), rel=1e-4)
 
     run = mlflow_run(cfg, summary["run_id"])
     assert run.info.status == "FINISHED"
@@ -99,6 +103,29 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
     artifacts = {a.path for a in client(cfg).list_artifacts(summary["run_id"])}
     assert {"config.json", "manifest.json", "packing_stats.json"} <= artifacts
     assert (Path(cfg.output_dir) / "mlartifacts").is_dir()  # beside the sqlite store, not in the CWD
+
+
+def _heldout_loss(model, out) -> float:
+    import pyarrow.parquet as pq
+    import torch
+
+    from agentflan.train.loss import weighted_token_loss
+
+    rows = pq.read_table(Path(out) / "train/packed_validation.parquet").to_pylist()
+    assert rows
+    total = count = 0.0
+    with torch.no_grad():
+        for r in rows:
+            logits = model(
+                input_ids=torch.tensor([r["input_ids"]]),
+                position_ids=torch.tensor([r["position_ids"]]),
+                use_cache=False,
+            ).logits
+            loss_sum, n = weighted_token_loss(
+                logits, torch.tensor([r["labels"]]), torch.tensor([r["weights"]])
+            )
+            total, count = total + float(loss_sum), count + int(n)
+    return total / count
 
 
 def _registered_checkpoints(out: Path) -> list[int]:
@@ -181,11 +208,14 @@ def test_zero3_with_gradient_checkpointing(ray_session, corpus_dir, tmp_path, sh
         tmp_path,
         shared_data,
         "train.max_steps=2",
+        "train.eval_every=1",  # ranks with fewer validation rows must not hang the ZeRO-3 gather
         "train.deepspeed.zero_stage=3",
         "train.model.gradient_checkpointing=true",
     )
     summary = run_train(cfg)
     assert steps_of(cfg.output_dir) == [1, 2]
+    logged = [json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()]
+    assert all(r["val_loss"] > 0 for r in logged)
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     assert model.config.num_hidden_layers == cfg.train.model.num_layers
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty

@@ -116,6 +116,38 @@ def _batch(table, indices: list[int], device: torch.device) -> dict[str, torch.T
     }
 
 
+def validation_loss(engine, table, rank: int, world: int, micro: int, device: torch.device) -> float | None:
+    """Mean token loss over the packed validation rows, split across workers.
+
+    Every worker runs the same number of forward passes (ZeRO-3 gathers parameters collectively, so a rank
+    that stopped early would hang the others): ranks short of rows repeat row 0 and count it with weight 0.
+    Validation records carry every trained turn unweighted (see :mod:`agentflan.data.mixture`), so trials
+    with different capability weights are scored on the same tokens.
+    """
+    if table is None or table.num_rows == 0:
+        return None
+    n = table.num_rows
+    per_rank = math.ceil(n / world)
+    mine = [rank + world * j for j in range(per_rank)]
+    totals = torch.zeros(2, device=device)
+    engine.eval()
+    with torch.no_grad():
+        for k in range(0, per_rank, micro):
+            idx = mine[k : k + micro]
+            batch = _batch(table, [i if i < n else 0 for i in idx], device)
+            logits = engine(**model_inputs(batch)).logits
+            for j, i in enumerate(idx):
+                if i < n:
+                    loss_sum, count = weighted_token_loss(
+                        logits[j : j + 1], batch["labels"][j : j + 1], batch["weights"][j : j + 1]
+                    )
+                    totals += torch.stack([loss_sum.float(), count.float()])
+    engine.train()
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    return totals[0].item() / max(1.0, totals[1].item())
+
+
 def _save_final(engine, cfg: Config, rank: int, model_dir: Path, tokenizer_dir: str) -> None:
     """Write the trained model with ``save_pretrained`` and its tokenizer (rank 0 writes)."""
     from transformers import AutoTokenizer
@@ -153,6 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_bf16 = t.scaling.use_gpu and t.model.dtype != "float32"
 
     table = ray.get(config["rows_ref"])
+    val_table = ray.get(config["val_rows_ref"]) if config.get("val_rows_ref") is not None else None
     n_rows = table.num_rows
     steps = total_steps(cfg, n_rows)
     trained_per_row = table.column("n_trained").to_pylist()
@@ -212,6 +245,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "trained_tokens": global_tokens,
         }
         done = step + 1 == steps
+        if done or (t.eval_every and (step + 1) % t.eval_every == 0):
+            val = validation_loss(engine, val_table, rank, world, t.micro_batch_size, device)
+            if val is not None:
+                metrics["val_loss"] = val
         if rank == 0:
             with log_path.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")

@@ -28,8 +28,18 @@ def trainer_name(cfg: Config) -> str:
     return f"{cfg.name}-train"
 
 
-def run_train(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Train; returns a summary (final step metrics, model path, MLflow run id)."""
+def run_train(
+    cfg: Config,
+    progress: Callable[[str], None] = lambda s: None,
+    *,
+    tags: dict[str, str] | None = None,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train; returns a summary (final step metrics, model path, MLflow run id).
+
+    ``tags`` go on the MLflow run (a Tune trial adds its parent run); ``callbacks`` on Ray Train's
+    ``RunConfig`` (a Tune trial adds ``TuneReportCallback``, which forwards every report to Tune).
+    """
     import pyarrow.parquet as pq
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -44,8 +54,9 @@ def run_train(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
     progress("train: tokenizing and packing the corpus")
     packed = prepare(cfg)
     rows = pq.read_table(packed.train)
+    val_rows = pq.read_table(packed.validation)
     ensure_ray()
-    run_id = tracking.start_run(cfg, f"{cfg.name}-train", tags={"agentflan.stage": "train"})
+    run_id = tracking.start_run(cfg, f"{cfg.name}-train", tags={"agentflan.stage": "train", **(tags or {})})
     manifest = out / "manifest.json"
     if manifest.exists():
         tracking.client(cfg).log_artifact(run_id, str(manifest))
@@ -55,6 +66,7 @@ def run_train(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
         "rows_ref": ray.put(rows),
+        "val_rows_ref": ray.put(val_rows),
         "tokenizer_dir": str(packed.tokenizer_dir),
         "model_dir": str(model_dir),
         "steps_log": str(steps_log),
@@ -73,6 +85,7 @@ def run_train(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> 
             storage_path=storage_path(cfg),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
             failure_config=FailureConfig(max_failures=t.max_failures),
+            callbacks=callbacks,
         ),
     )
     progress(f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {rows.num_rows} rows")
