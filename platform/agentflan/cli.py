@@ -4,6 +4,7 @@
     agentflan train SPEC.yaml [key=value ...]    fine-tune on it (builds the corpus first if needed)
     agentflan eval SPEC.yaml [model=PATH] [key=value ...]   Agent-H, tool use, held-out loss
     agentflan run SPEC.yaml [key=value ...]      the whole job: corpus -> train -> eval
+    agentflan tune SPEC.yaml SPACE.yaml [key=value ...]   a Ray Tune study (tune_spaces/), e.g. an ablation
 
 A bad spec or input is reported in one clear message (exit code 2), never as a traceback.
 """
@@ -146,6 +147,31 @@ def cmd_run(cfg: Config) -> int:
     return cmd_eval(cfg)
 
 
+def cmd_tune(cfg: Config, space_path: str) -> int:
+    from agentflan.tune.space import SpaceError, load_space
+    from agentflan.tune.study import StudyError, run_study
+
+    try:
+        space = load_space(space_path, cfg)
+    except SpaceError as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_study(cfg, space, progress=_progress)
+    except StudyError as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    print(summary["table"])
+    print()
+    print(summary["best_line"])
+    print(f"results: {summary['study_dir']}/results.md   mlflow parent run: {summary['parent_run_id']}")
+    failed = [r["trial"] for r in summary["rows"] if r["status"] == "error"]
+    if failed:
+        print(f"agentflan: {len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "run": cmd_run}
 
 
@@ -159,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         ("train", "fine-tune on the corpus"),
         ("eval", "evaluate a model: Agent-H, tool use, held-out loss (model=PATH)"),
         ("run", "the whole job: corpus -> train -> eval"),
+        ("tune", "a Ray Tune study over the mixture (SPACE: tune_spaces/*.yaml)"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
+        if name == "tune":
+            p.add_argument("space", help="search space (YAML), e.g. tune_spaces/negatives.yaml")
         p.add_argument(
             "overrides",
             nargs="*",
@@ -176,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"agentflan: {e}", file=sys.stderr)
         return 2
+    if args.command == "tune":
+        return cmd_tune(cfg, args.space)
     return COMMANDS[args.command](cfg)
 
 

@@ -267,6 +267,12 @@ class EvalConfig(_Strict):
     num_actors: int = Field(1, gt=0, description="Ray Data generation actors (one GPU each when use_gpu).")
     use_gpu: bool = False
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        # Read by Tune trials and Ray workers, which do not run in the driver's working directory.
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+
 
 class TuneConfig(_Strict):
     """How ``agentflan tune`` runs trials; the search space itself is a file in ``tune_spaces/``."""

@@ -144,7 +144,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.* (None and NaN left out)."""
     sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
     out = {
@@ -216,7 +216,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     if run_id is None:
         run_id = tracking.start_run(cfg, f"{cfg.name}-eval", tags={"agentflan.stage": "eval"})
         tracking.client(cfg).set_terminated(run_id, "FINISHED")
-    tracking.log_metrics(cfg, run_id, _flat_metrics(report), step=0)
+    tracking.log_metrics(cfg, run_id, flat_metrics(report), step=0)
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.json"), "eval")
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.md"), "eval")
     report["mlflow_run_id"] = run_id

@@ -164,7 +164,9 @@ def apply(spec: Config, overrides: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+        raise ConfigError(
+            "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        ) from None
 
 
 def arm_label(value: Any) -> str:
@@ -192,7 +194,9 @@ def _check(space: SearchSpace, spec: Config) -> None:
             if space.search.kind == "grid":
                 raise SpaceError(f"{where}: search.kind grid takes grid or choice params, not {domain.kind}")
         for i, value in enumerate(domain.values):
-            items = {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+            items = (
+                {k: v for k, v in value.items() if k != "label"} if isinstance(value, dict) else {name: value}
+            )
             for inner, v in items.items():
                 key = f"{where}[{i}].{inner}" if isinstance(value, dict) else where
                 if isinstance(v, dict) or config_key(inner) is None:
@@ -204,13 +208,20 @@ def _check(space: SearchSpace, spec: Config) -> None:
                     apply(spec, resolve({inner: v}, spec))
                 except ConfigError as e:
                     raise SpaceError(f"{key}: value {v!r} is refused by the config: {e}") from None
-    for where, metric in (("objective.metric", space.objective.metric), ("scheduler.metric", space.scheduler.metric)):
+    for where, metric in (
+        ("objective.metric", space.objective.metric),
+        ("scheduler.metric", space.scheduler.metric),
+    ):
         if not METRIC.match(metric):
             raise SpaceError(f"{where}: unknown metric {metric!r}")
     for metric in space.report.columns:
         if not METRIC.match(metric):
             raise SpaceError(f"report.columns.{metric}: unknown metric")
-    needs_eval = [m for m in [space.objective.metric, *space.report.columns] if m.split(".")[0] in ("agent_h", "tool_use")]
+    needs_eval = [
+        m
+        for m in [space.objective.metric, *space.report.columns]
+        if m.split(".")[0] in ("agent_h", "tool_use")
+    ]
     if needs_eval and not spec.tune.evaluate:
         raise SpaceError(f"objective/report use {needs_eval[0]}, but tune.evaluate is false")
     if space.scheduler.kind == "asha" and not space.scheduler.metric.startswith(("val_loss", "loss")):
@@ -248,7 +259,10 @@ def tune_domains(space: SearchSpace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for name, d in space.params.items():
-        values = [arm_label(v) if isinstance(v, dict) else v for v in (d.values if d.kind in ("grid", "choice") else [])]
+        values = [
+            arm_label(v) if isinstance(v, dict) else v
+            for v in (d.values if d.kind in ("grid", "choice") else [])
+        ]
         if d.kind == "grid" and space.search.kind == "grid":
             out[name] = tune.grid_search(values)
         elif d.kind in ("grid", "choice"):
@@ -268,6 +282,10 @@ def trial_values(space: SearchSpace, config: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in config.items():
         d = space.params.get(name)
-        arms = {arm_label(v): v for v in (d.values if d and d.kind in ("grid", "choice") else []) if isinstance(v, dict)}
+        arms = {
+            arm_label(v): v
+            for v in (d.values if d and d.kind in ("grid", "choice") else [])
+            if isinstance(v, dict)
+        }
         out[name] = arms.get(value, value) if isinstance(value, str) else value
     return out

@@ -1,0 +1,1 @@
+"""Ray Tune studies over the Agent-FLAN mixture: search spaces, trials, results."""

@@ -1,0 +1,163 @@
+"""Ray Tune studies: search spaces are checked before any trial; a 4-trial study on CPU leaves a parent and
+4 child MLflow runs, the results table and the plots."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentflan.cli import main
+from agentflan.config import load_config
+from agentflan.data.pipeline import read_corpus
+from agentflan.tune.space import load_space, resolve, trial_values
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = sorted((REPO / "tune_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", ["pipelines/local.yaml", "pipelines/llama2_7b_agentflan.yaml"])
+@pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
+def test_every_space_validates_against_every_spec(spec, space):
+    load_space(space, load_config(spec))
+
+
+def write_space(tmp_path: Path, **changes) -> Path:
+    space = {
+        "name": "t",
+        "objective": {"metric": "val_loss", "mode": "min"},
+        "params": {"retrieval": {"grid": [0.25, 0.5]}},
+    }
+    for key, value in changes.items():
+        node = space
+        *parents, last = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"params/dropout": {"grid": [0.1]}}, "params.dropout.grid: unknown parameter 'dropout'"),
+        ({"params/data.inputs": {"grid": ["x"]}}, "params.data.inputs.grid: unknown parameter"),
+        ({"params/lr": {"loguniform": [1e-3, 1e-3]}}, "params.lr.loguniform: empty range"),
+        ({"params/lr": {"loguniform": [0, 1e-3]}}, "params.lr.loguniform: loguniform needs lo > 0"),
+        ({"params/retrieval": {"grid": []}}, "params.retrieval.grid: empty list"),
+        (
+            {"params/retrieval": {"grid": [0.5, -1]}},
+            "params.retrieval.grid: value -1 is refused by the config",
+        ),
+        ({"params/retrieval": {"uniform": [0.1, 0.5]}}, "search.kind grid takes grid or choice params"),
+        ({"params/retrieval": {"grid": [1], "uniform": [0, 1]}}, "params.retrieval: give exactly one of"),
+        ({"params/arm": {"grid": [{"label": "a", "colour": 1}]}}, "params.arm.grid[0].colour: unknown param"),
+        ({"objective/metric": "accuracy"}, "objective.metric: unknown metric 'accuracy'"),
+        ({"search/kind": "bayes"}, "search.kind: Input should be"),
+        ({"schedule": {"kind": "asha"}}, "schedule: unknown key"),
+    ],
+)
+def test_a_bad_space_fails_before_any_trial_naming_the_key(tmp_path, capsys, change, message):
+    space = write_space(tmp_path, **change)
+    out = tmp_path / "out"
+    assert main(["tune", "pipelines/local.yaml", str(space), f"output_dir={out}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing ran: no corpus, no Ray, no MLflow run
+
+
+def test_trial_values_expand_arms_and_relative_values():
+    cfg = load_config("pipelines/local.yaml")
+    space = load_space(REPO / "tune_spaces/ablation_capabilities.yaml", cfg)
+    assert resolve(trial_values(space, {"arm": "retrieval x0.5", "seed": 2}), cfg) == {
+        "data.capability_weights.retrieval": 0.125,
+        "seed": 2,
+    }
+    assert resolve(trial_values(space, {"arm": "all", "seed": 0}), cfg) == {"seed": 0}
+
+
+STUDY = """
+name: four
+objective: {metric: agent_h.h_score, mode: max}
+search: {kind: grid}
+params:
+  arm:
+    grid:
+      - {label: "w/o negatives", negative_share: 0}
+      - {label: "w/ negatives", negative_share: 1}
+  seed: {grid: [0, 1]}
+report:
+  title: negatives
+  columns: {agent_h.h_score: H_Score, val_loss: held-out loss}
+"""
+
+
+@pytest.mark.ray
+def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
+    ray_session, shared_data, tmp_path, capsys
+):
+    from agentflan.tracking import client
+
+    space = tmp_path / "four.yaml"
+    space.write_text(STUDY)
+    out = tmp_path / "out"
+    s = shared_data
+    args = [
+        f"output_dir={out}",
+        f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
+        f"{{path: {s}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
+        f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+        "data.engine=local",
+        "train.seq_len=256",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.max_steps=3",
+        "train.checkpoint_every=1",  # 3 checkpoints written, the last one kept
+        "eval.max_per_case={a: 2, b: 2, c: 2, d: 2}",
+        "eval.max_hotpot=0",
+        "eval.max_tool_use_per_source=2",
+        "eval.max_new_tokens=8",
+        "tune.resources_per_worker={CPU: 0.5}",
+    ]
+    assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "| arm | H_Score | held-out loss |" in printed and "| w/o negatives |" in printed
+
+    study = out / "tune" / "four"
+    rows = list(csv.DictReader((study / "results.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert {(r["param.arm"], r["param.seed"]) for r in rows} == {
+        (a, s) for a in ("w/o negatives", "w/ negatives") for s in ("0", "1")
+    }
+    assert all(0 <= float(r["agent_h.h_score"]) <= 1 and float(r["val_loss"]) > 0 for r in rows)
+    # the arms differ in their training corpus only: no negatives trained on without them
+    for r in rows:
+        train = read_corpus(study / "trials" / r["trial"], "train")
+        assert any(x.bucket == "negatives" for x in train) == (r["param.arm"] == "w/ negatives")
+
+    cfg = load_config("pipelines/local.yaml", args)
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`agentflan.study` = 'four'")
+    parents = [r for r in runs if r.data.tags.get("agentflan.stage") == "tune"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {ch.data.tags["mlflow.parentRunId"] for ch in children} == {parent.info.run_id}
+    for ch in children:
+        assert ch.info.status == "FINISHED"
+        assert ch.data.params["trial.arm"] in ("w/o negatives", "w/ negatives")
+        assert {"loss", "val_loss", "agent_h.h_score", "tool_use.retrieval"} <= set(ch.data.metrics)
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.md", "search_space.json", "plots"} <= artifacts
+    plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/loss_curves.png", "plots/objective_vs_arm.png", "plots/objective_vs_seed.png"} <= plots
+    assert (study / "plots" / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # trial checkpoints: only the last is kept
+    for r in rows:
+        kept = [p for p in (study / "trials" / r["trial"] / "ray").glob("*/checkpoint_*") if p.is_dir()]
+        assert len(kept) == 1
