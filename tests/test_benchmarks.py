@@ -48,3 +48,9 @@ def test_data_pipeline_benchmark_small():
         "--no-ceiling",
     )
     assert "peak memory at 2x input" in out
+
+
+def test_tune_asha_benchmark_config_is_valid():
+    """The full benchmark runs 8 trials (minutes): here only its config and space are checked."""
+    out = run("tune_asha.py", "--validate-only")
+    assert "ASHA: 2 params, scheduler asha: valid" in out and "scheduler none: valid" in out

@@ -161,3 +161,31 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
     for r in rows:
         kept = [p for p in (study / "trials" / r["trial"] / "ray").glob("*/checkpoint_*") if p.is_dir()]
         assert len(kept) == 1
+
+
+def test_paper_table_means_over_seeds_per_arm_and_skips_stopped_trials():
+    from agentflan.tune import report
+
+    cfg = load_config("pipelines/local.yaml")
+    space = load_space(REPO / "tune_spaces/ablation_negatives.yaml", cfg)
+    rows = [
+        report.trial_row(
+            "t0", {"arm": "w/o negatives", "seed": 0}, {"agent_h.h_score": 0.5, "trial_seconds": 1}, False
+        ),
+        report.trial_row(
+            "t1", {"arm": "w/o negatives", "seed": 1}, {"agent_h.h_score": 0.7, "trial_seconds": 1}, False
+        ),
+        report.trial_row(
+            "t2", {"arm": "w/ negatives", "seed": 0}, {"agent_h.h_score": 0.9, "trial_seconds": 1}, False
+        ),
+        report.trial_row(
+            "t3", {"arm": "w/ negatives", "seed": 1}, {"val_loss": 3.0}, False
+        ),  # stopped by ASHA
+        report.trial_row("t4", {"arm": "w/ negatives", "seed": 2}, {}, True),
+    ]
+    assert [r["status"] for r in rows] == ["completed"] * 3 + ["stopped early", "error"]
+    table = report.paper_table(rows, space)
+    lines = [x for x in table.splitlines() if x.startswith("| w")]
+    assert lines[0].startswith("| w/o negatives |") and "| 0.600 ± 0.141 (2) |" in lines[0]
+    assert lines[1].startswith("| w/ negatives |") and "| 0.900 ± 0.000 (1) |" in lines[1]
+    assert report.best(rows, space)["trial"] == "t2"

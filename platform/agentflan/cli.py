@@ -87,18 +87,8 @@ def cmd_data(cfg: Config) -> int:
     return 0
 
 
-def corpus_is_current(cfg: Config) -> bool:
-    """A corpus under output_dir built from the same data config and seed can be reused as it is."""
-    import json
-
-    manifest = Path(cfg.output_dir) / "manifest.json"
-    if not manifest.exists():
-        return False
-    built = json.loads(manifest.read_text())["config"]
-    return built.get("data") == cfg.data.model_dump(mode="json") and built.get("seed") == cfg.seed
-
-
 def cmd_train(cfg: Config) -> int:
+    from agentflan.data.pipeline import corpus_is_current
     from agentflan.train.recipe import run_train
 
     if corpus_is_current(cfg):

@@ -13,8 +13,8 @@ REACT_WORDS = re.compile(r"\b(?:Thought|Action Input|Action|Observation)(?:\s+\d
 
 # Phrases that announce a tool call in prose (H_General).
 GENERAL_TOOL_PHRASES = re.compile(
-    r"\b(?:I\s+(?:will|'ll|need to|am going to|should|must|can)\s+(?:use|call|invoke|query|run)\b"
-    r"|let me (?:use|call|invoke|query)\b"
+    r"\b(?:I\s+(?:will|'ll|need to|am going to|should|must|can)\s+(?:use|call|invoke|query|run|search|look up)\b"
+    r"|let me (?:use|call|invoke|query|search|look up)\b"
     r"|(?:calling|invoking|using) the (?:\w+ )?(?:tool|function|api)\b"
     r"|call the (?:\w+ )?(?:tool|function|api)\b)",
     re.I,

@@ -129,7 +129,10 @@ def test_react_step_becomes_chat_turns(fireact):
     rec = fireact[0]  # Thought/search, Observation, Thought/finish, Observation
     chat, react = align_record(rec, seed=0)
     assert (chat.meta["format"], react.meta["format"]) == ("chat", "react") and chat.id == react.id
-    roles_caps = [(m.role, m.capability) for m in chat.messages]
+    # the few-shot preamble that described the tools is gone: a system turn names the tools used again
+    assert chat.messages[0].role == "system" and react.messages[0] == chat.messages[0]
+    assert json.loads(chat.messages[0].content.split("\n", 1)[1]) == [{"name": "search"}]
+    roles_caps = [(m.role, m.capability) for m in chat.messages[1:]]
     assert roles_caps == [
         ("user", "none"),
         ("assistant", "reasoning"),
@@ -142,7 +145,7 @@ def test_react_step_becomes_chat_turns(fireact):
         ("user", "none"),
         ("assistant", "reasoning"),
     ]
-    m = chat.messages
+    m = chat.messages[1:]
     assert m[2].content in ELICIT_TOOL and m[4].content in ELICIT_ARGS and m[8].content in ELICIT_FINAL
     assert m[3].content == "search" and m[9].content == "Badr Hari"
     assert m[6].name == "search" and not m[6].content.startswith("Observation")
@@ -162,7 +165,7 @@ def test_react_share_keeps_about_a_tenth(fireact):
         replace(m, capability="instruction_following") if m.role == "assistant" else m for m in react.messages
     ]
     assert {m.capability for m in react.messages if m.role == "assistant"} == {"instruction_following"}
-    assert react.messages[1].content.startswith("Thought:")
+    assert react.messages[0].role == "system" and react.messages[2].content.startswith("Thought:")
 
 
 def test_format_following_samples(fireact):

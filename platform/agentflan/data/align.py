@@ -53,6 +53,7 @@ FORMAT_INSTRUCTIONS = {
     "'Action Input: <arguments>'.",
     "json": 'Respond with only a JSON object: {"thought": "...", "name": "<tool name>", "arguments": {...}}.',
 }
+TOOLS_SYSTEM_PROMPT = "You can call the following tools:\n{tools}"
 _OBSERVATION = re.compile(r"^\s*Observation(?:\s+\d+)?\s*:\s*", re.I)
 
 
@@ -144,9 +145,26 @@ def align_record(record: Record, seed: int) -> Record | list[Record]:
             replace(m, capability="general" if m.role == "assistant" else "none") for m in record.messages
         ]
         return replace(record, messages=messages, meta={**record.meta, "format": "chat"})
+    record = _with_tool_list(record)
     chat = replace(record, messages=_to_chat(record, seed), meta={**record.meta, "format": "chat"})
     react = replace(record, messages=_keep_react(record), meta={**record.meta, "format": "react"})
     return [chat, react]
+
+
+def _with_tool_list(record: Record) -> Record:
+    """A trajectory that offers no tools (FireAct's tool description went with its few-shot preamble) gets
+    a system turn naming the tools its actions use. Agent-H's cases hinge on it: a model must see tools
+    offered whenever it acts, or it cannot learn not to act when none are (cases c and d)."""
+    if record.tools or any(m.role == "system" for m in record.messages):
+        return record
+    names = [
+        s.tool for m in record.messages if m.role == "assistant" and (s := parse_step(m.content)) and s.tool
+    ]
+    tools = [{"name": n} for n in dict.fromkeys(names) if n.lower() != "finish"]
+    if not tools:
+        return record
+    system = Message(role="system", content=TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(tools)))
+    return replace(record, messages=[system, *record.messages])
 
 
 def has_variants(record: Record) -> bool:
@@ -183,8 +201,7 @@ def make_format_following(record: Record, seed: int, per_25k: float) -> Record |
     fmt = r.choice(sorted(FORMAT_INSTRUCTIONS))
     render = render_react if fmt == "react" else render_json_call
     system = (
-        "You can call the following tools:\n"
-        + json.dumps(tools, ensure_ascii=False)
+        TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(tools, ensure_ascii=False))
         + "\n"
         + FORMAT_INSTRUCTIONS[fmt]
     )

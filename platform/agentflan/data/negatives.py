@@ -19,15 +19,12 @@ import json
 import re
 
 from agentflan.config import NegativesConfig
-from agentflan.data.align import ELICIT_FINAL, FORMAT_INSTRUCTIONS
+from agentflan.data.align import ELICIT_FINAL, FORMAT_INSTRUCTIONS, TOOLS_SYSTEM_PROMPT
 from agentflan.data.react import parse_step
 from agentflan.data.record import Message, Record
 from agentflan.data.responders import NegativeRequest, Responder
 from agentflan.data.stage import Drop, rng, unit
 from agentflan.markers import has_react_words, has_tool_phrases
-
-TOOLS_SYSTEM_PROMPT = "You can call the following tools:\n{tools}"
-
 
 _STEP_CAPABILITIES = ("reasoning", "retrieval", "understanding", "instruction_following")
 

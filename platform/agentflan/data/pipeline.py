@@ -247,6 +247,15 @@ def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None
     )
 
 
+def corpus_is_current(cfg: Config) -> bool:
+    """A corpus under output_dir built from the same data config and seed can be reused as it is."""
+    out = Path(cfg.output_dir)
+    if not (out / "manifest.json").exists() or not (out / "decomposed" / TOOL_POOL_FILE).exists():
+        return False
+    built = json.loads((out / "manifest.json").read_text())["config"]
+    return built.get("data") == cfg.data.model_dump(mode="json") and built.get("seed") == cfg.seed
+
+
 def corpus_files(output_dir: str | Path) -> list[str]:
     """The corpus shards, for ``datasets.load_dataset("parquet", data_files=...)``."""
     return sorted(str(p) for p in (Path(output_dir) / "corpus").glob("part-*.parquet"))
@@ -274,4 +283,4 @@ def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record
     return sorted(records, key=lambda r: r.id)
 
 
-__all__ = ["run_data", "remix", "corpus_files", "read_corpus", "PipelineError"]
+__all__ = ["run_data", "remix", "corpus_is_current", "corpus_files", "read_corpus", "PipelineError"]

@@ -33,7 +33,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agentflan.data.negatives import TOOLS_SYSTEM_PROMPT, _toolbench_api
+from agentflan.data.align import TOOLS_SYSTEM_PROMPT
+from agentflan.data.negatives import _toolbench_api
 from agentflan.data.record import Record
 
 Expected = Literal["plain", "call"]  # the right kind of reply: a plain answer, or a tool call

@@ -31,10 +31,9 @@ def study_dir(cfg: Config, space: SearchSpace) -> Path:
 
 def base_corpus(cfg: Config, progress: Callable[[str], None]) -> None:
     """The corpus every trial re-mixes: the spec's own, built unless current."""
-    from agentflan.cli import corpus_is_current
-    from agentflan.data.pipeline import run_data
+    from agentflan.data.pipeline import corpus_is_current, run_data
 
-    if corpus_is_current(cfg) and (Path(cfg.output_dir) / "decomposed" / "tool_pool.json").exists():
+    if corpus_is_current(cfg):
         progress(f"base corpus under {cfg.output_dir} is current")
         return
     progress("building the base corpus")
