@@ -189,3 +189,43 @@ def test_paper_table_means_over_seeds_per_arm_and_skips_stopped_trials():
     assert lines[0].startswith("| w/o negatives |") and "| 0.600 ± 0.141 (2) |" in lines[0]
     assert lines[1].startswith("| w/ negatives |") and "| 0.900 ± 0.000 (1) |" in lines[1]
     assert report.best(rows, space)["trial"] == "t2"
+
+
+def test_searchers_draw_trials_from_every_space_kind():
+    """Optuna (TPE) and the seeded random generator accept the spaces' domains; the same seed draws the
+    same trials. (Running trials is the study test's job; here only the search is exercised.)"""
+    from ray.tune.search import BasicVariantGenerator
+
+    from agentflan.tune.space import tune_domains
+    from agentflan.tune.study import _scheduler, _searcher
+
+    cfg = load_config("pipelines/local.yaml")
+    space = load_space(REPO / "tune_spaces/mixture_optuna.yaml", cfg)
+    optuna = _searcher(space, 1)
+    assert optuna.set_search_properties(space.objective.metric, space.objective.mode, tune_domains(space))
+    suggested = optuna.suggest("t0")
+    assert set(suggested) == set(space.params) and 3e-4 <= suggested["lr"] <= 3e-3
+    assert (
+        cfg.train.lr != suggested["lr"]
+        and resolve(trial_values(space, suggested), cfg)["train.lr"] == suggested["lr"]
+    )
+
+    asha = _scheduler(space, cfg)
+    assert asha._metric == "val_loss" and asha._time_attr == "step"
+
+    random = load_space(REPO / "tune_spaces/mixture_random.yaml", cfg)
+
+    from ray import tune
+
+    tune.register_trainable("agentflan_noop", lambda config: None)
+
+    def draws() -> list[dict]:
+        gen = _searcher(random, 3)
+        assert isinstance(gen, BasicVariantGenerator)
+        gen.add_configurations(
+            {"e": {"run": "agentflan_noop", "config": tune_domains(random), "num_samples": 3}}
+        )
+        return [gen.next_trial().config for _ in range(3)]
+
+    first = draws()
+    assert first == draws() and len({c["lr"] for c in first}) == 3
