@@ -81,6 +81,10 @@ def _scheduler(space: SearchSpace, cfg: Config):
         max_t=max_t,
         grace_period=min(s.grace_period, max_t),
         reduction_factor=s.reduction_factor,
+        # A trial that reaches max_t finishes on its own (and is evaluated); stopping it there, ASHA's
+        # default, kills the trial while its Ray Train run winds down, which leaked the run's placement
+        # group here and starved the next trial.
+        stop_last_trials=False,
     )
 
 
