@@ -8,7 +8,9 @@ import os
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Join the cluster named by RAY_ADDRESS (set by ``ray job submit``), else start a local instance.
 
-    A local instance gets ``num_cpus`` (default: all cores) and no dashboard, which saves ~1 s and a port.
+    A local instance gets ``num_cpus`` (default: all cores) and the dashboard: Ray Train's
+    PlacementGroupCleaner asks the State API (served by the dashboard) whether a run's controller is alive;
+    without it, a run whose trial Tune stopped keeps its placement group forever (docs/benchmarks.md).
     """
     import ray
 
@@ -18,4 +20,4 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
