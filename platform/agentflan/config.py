@@ -318,7 +318,7 @@ class Config(_Strict):
         return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node = tree
     parts = key.split(".")
     for p in parts[:-1]:
@@ -344,8 +344,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _format_errors(err: ValidationError, where: str) -> str:
-    lines = [f"invalid config ({where}):"]
+def format_errors(err: ValidationError, where: str, what: str = "config") -> str:
+    """A pydantic error as one line per dotted key (shared with search spaces)."""
+    lines = [f"invalid {what} ({where}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
@@ -372,8 +373,8 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         tree = loaded
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, where)) from None
+        raise ConfigError(format_errors(e, where)) from None

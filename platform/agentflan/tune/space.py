@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentflan.config import Config, ConfigError
+from agentflan.config import Config, ConfigError, format_errors, set_dotted
 
 
 class SpaceError(ValueError):
@@ -156,17 +156,11 @@ def apply(spec: Config, overrides: dict[str, Any]) -> Config:
     """The spec with dotted overrides, validated (a ConfigError names the key)."""
     tree = spec.model_dump(mode="json")
     for key, value in overrides.items():
-        node = tree
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(tree, key, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(
-            "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        ) from None
+        raise ConfigError(format_errors(e, "overrides")) from None
 
 
 def arm_label(value: Any) -> str:
@@ -240,11 +234,7 @@ def load_space(path: str | Path, spec: Config) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(tree)
     except ValidationError as e:
-        lines = [f"invalid search space ({path}):"]
-        for err in e.errors():
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {msg}")
-        raise SpaceError("\n".join(lines)) from None
+        raise SpaceError(format_errors(e, str(path), "search space")) from None
     try:
         _check(space, spec)
     except SpaceError as e:
