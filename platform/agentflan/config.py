@@ -182,8 +182,30 @@ class ModelConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto = bf16 on GPU, fp32 on CPU."
     )
-    gradient_checkpointing: bool = False
+    attn_implementation: Literal[
+        "auto", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager"
+    ] = Field(
+        "auto",
+        description="Attention kernel. auto = the fastest available on the worker's device (see "
+        "agentflan.train.model.resolve_attn_implementation); flash_attention_* need their package installed.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer (regional compilation: one graph reused by every layer). "
+        "ZeRO stage <= 2.",
+    )
+    gradient_checkpointing: Literal["none", "full", "alternate"] = Field(
+        "none",
+        description="Recompute activations in the backward pass: none; full = every decoder layer; "
+        "alternate = every other layer (half the memory saving for half the recompute).",
+    )
     lora: LoraConfig = LoraConfig()
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_from_bool(cls, v: Any) -> Any:
+        # Older specs said `gradient_checkpointing: true`.
+        return {True: "full", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ScalingSpec(_Strict):
@@ -212,6 +234,14 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    loss: Literal["auto", "full", "chunked", "liger"] = Field(
+        "auto",
+        description="How the weighted token loss meets the LM head. full = logits of the whole micro-batch "
+        "at once; chunked = chunks of `loss_chunk_tokens` tokens, recomputed in backward, so full fp32 logits "
+        "never exist; liger = Liger's fused linear cross-entropy (GPU, `pip install liger-kernel`, ZeRO <= 2). "
+        "auto = liger where installed on a GPU, else chunked on GPU and full on CPU.",
+    )
+    loss_chunk_tokens: int = Field(2048, gt=0, description="Tokens per chunk of the chunked loss.")
     global_batch_size: int = Field(32, gt=0, description="Rows (packed sequences) per optimizer step.")
     micro_batch_size: int = Field(1, gt=0, description="Rows per worker per forward pass.")
     scaling: ScalingSpec = ScalingSpec()
@@ -223,6 +253,11 @@ class TrainConfig(_Strict):
         "ASHA early stopping in a Tune study acts on them.",
     )
     checkpoint_every: int = Field(50, gt=0, description="Optimizer steps between checkpoints.")
+    save_final: bool = Field(
+        True,
+        description="Checkpoint the last step and export the model to <output_dir>/model; off for a "
+        "throughput probe (benchmarks/gpu_train.py).",
+    )
     keep_checkpoints: int = Field(2, gt=0)
     max_failures: int = Field(
         0, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
@@ -239,6 +274,18 @@ class TrainConfig(_Strict):
                 f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
                 f"num_workers = {per_step}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _zero3_limits(self) -> TrainConfig:
+        if self.deepspeed.zero_stage == 3:
+            if self.model.compile:
+                raise ValueError("train.model.compile: torch.compile is supported with ZeRO stage <= 2")
+            if self.loss == "liger":
+                raise ValueError(
+                    "train.loss: liger reads the LM head weight directly, which ZeRO-3 partitions; "
+                    "use chunked"
+                )
         return self
 
     @property

@@ -90,11 +90,48 @@ def rows_table(rows: list[PackedRow], seed: int) -> pa.Table:
     return pa.Table.from_pylist(data, schema=ROW_SCHEMA)
 
 
+def packing_key(cfg: Config) -> dict[str, Any]:
+    """What the packed rows depend on: the corpus (its fingerprint), the tokenizer, the template and packing."""
+    out = Path(cfg.output_dir)
+    heldout = Path(cfg.data.heldout_from) if cfg.data.heldout_from else out
+    m, t = cfg.train.model, cfg.train
+    return {
+        "corpus": _fingerprint(out),
+        "heldout": _fingerprint(heldout),
+        "tokenizer": m.tokenizer or m.name_or_path,
+        "vocab_size": None if (m.tokenizer or m.name_or_path) else m.vocab_size,
+        "template": m.template,
+        "seq_len": t.seq_len,
+        "packing": t.packing,
+        "seed": cfg.seed,
+    }
+
+
+def _fingerprint(output_dir: Path) -> str | None:
+    manifest = output_dir / "manifest.json"
+    return json.loads(manifest.read_text()).get("fingerprint") if manifest.exists() else None
+
+
 def prepare(cfg: Config) -> PackedData:
-    """Tokenize and pack both splits; write ``train/packed_{train,validation}.parquet`` and the tokenizer."""
+    """Tokenize and pack both splits; write ``train/packed_{train,validation}.parquet`` and the tokenizer.
+
+    Reused when ``train/packed_key.json`` matches (:func:`packing_key`): a resumed run, or another run on the
+    same corpus and tokenizer, does not tokenize again."""
     out = Path(cfg.output_dir)
     train_dir = out / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
+    key_file = train_dir / "packed_key.json"
+    key = packing_key(cfg)
+    paths = {split: train_dir / f"packed_{split}.parquet" for split in ("train", "validation")}
+    if (
+        key["corpus"] is not None
+        and key_file.exists()
+        and json.loads(key_file.read_text()) == key
+        and all(p.exists() for p in paths.values())
+    ):
+        stats = json.loads((train_dir / "data_stats.json").read_text())
+        return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)
+    key_file.unlink(missing_ok=True)
     heldout = Path(cfg.data.heldout_from) if cfg.data.heldout_from else out
     convs = {"train": corpus_split(out, "train"), "validation": corpus_split(heldout, "validation")}
     if not convs["train"]:
@@ -102,7 +139,6 @@ def prepare(cfg: Config) -> PackedData:
     texts = [m["content"] for msgs in convs["train"] for m in msgs]
     tok = load_tokenizer(cfg, texts, train_dir / "tokenizer")
     stats: dict[str, Any] = {}
-    paths = {}
     pad_id = tok.pad_token_id
     for split, conversations in convs.items():
         samples = encode_split(conversations, tok, cfg)
@@ -120,6 +156,7 @@ def prepare(cfg: Config) -> PackedData:
             "real_tokens": st.real_tokens,
         }
     (train_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
+    key_file.write_text(json.dumps(key))
     return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)
 
 

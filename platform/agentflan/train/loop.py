@@ -1,7 +1,10 @@
-"""The training loop each Ray Train worker runs: setup, train, checkpoint, save.
+"""The training loop each worker runs, in four parts: :func:`setup`, :func:`train_step`, :func:`save_checkpoint`
+and :func:`save_model`.
 
-Ray appears only at the edges (rank and device from the train context, ``ray.train.report`` for metrics
-and checkpoints, ``ray.train.get_checkpoint`` to resume); the math is plain torch + DeepSpeed.
+Two entries drive them: :func:`train_loop_per_worker` on a Ray Train worker, and :func:`train_single_process`
+for one process without Ray (tests, benchmarks, debugging on one GPU). Ray appears only in the first (rank and
+device from the train context, ``ray.train.report`` for metrics and checkpoints, ``ray.train.get_checkpoint``
+to resume); the math is plain torch + DeepSpeed.
 
 Device mapping is explicit, because a wrong mapping is the most reported Ray + DeepSpeed failure: with
 ``use_gpu`` each worker owns exactly one GPU, ``cuda:<local rank>``, set before DeepSpeed initialises.
@@ -9,23 +12,37 @@ Device mapping is explicit, because a wrong mapping is the most reported Ray + D
 Loss: the mean over every trained token of the global batch, whatever the split into micro-batches,
 accumulation steps and workers (see :mod:`agentflan.train.loss`). The rows of a step are known to every
 worker (:func:`agentflan.train.data.step_rows`), so the global token count needs no communication.
+
+Loading: the model is built in the training dtype (bf16 on GPU), directly on the worker's device; under ZeRO-3
+inside ``deepspeed.zero.Init`` (through ``HfDeepSpeedConfig``), so it is partitioned as it is built and no
+rank ever holds the whole model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from agentflan.config import Config
+from agentflan.train.batches import PackedBatches, Prefetcher
 from agentflan.train.data import step_rows
-from agentflan.train.loss import weighted_token_loss
-from agentflan.train.model import build_model, model_inputs, tiny_llama_config
+from agentflan.train.loss import CausalLMWithLoss, resolve_loss_implementation
+from agentflan.train.model import (
+    build_model,
+    compile_layers,
+    resolve_attn_implementation,
+    set_gradient_checkpointing,
+    tiny_llama_config,
+)
 
 CHECKPOINT_TAG = "ds"
 STATE_FILE = "agentflan_state.json"
@@ -36,9 +53,7 @@ def deepspeed_config(cfg: Config, use_bf16: bool) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": t.deepspeed.zero_stage}
     if t.deepspeed.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    if t.deepspeed.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    ds = {
+    ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
         "train_batch_size": t.global_batch_size,
@@ -49,6 +64,13 @@ def deepspeed_config(cfg: Config, use_bf16: bool) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if t.deepspeed.offload_optimizer:
+        # DeepSpeed steps an offloaded optimizer with its own CPU Adam (a C++ op it builds on first use).
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": t.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": t.weight_decay},
+        }
     return _merge(ds, t.deepspeed.overrides)
 
 
@@ -65,12 +87,111 @@ def total_steps(cfg: Config, n_rows: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * math.ceil(n_rows / cfg.train.global_batch_size)))
 
 
-def _model(cfg: Config, tokenizer_dir: str):
+def model_dtype(cfg: Config) -> torch.dtype:
+    """bf16 on GPU unless float32 is asked for; float32 on CPU unless bfloat16 is asked for."""
+    m = cfg.train.model
+    if m.dtype == "auto":
+        return torch.bfloat16 if cfg.train.scaling.use_gpu else torch.float32
+    return getattr(torch, m.dtype)
+
+
+@dataclass
+class TrainState:
+    """Everything :func:`train_step` needs; built once by :func:`setup`."""
+
+    cfg: Config
+    engine: Any  # deepspeed.DeepSpeedEngine wrapping a CausalLMWithLoss
+    scheduler: Any
+    rows: PackedBatches
+    val_rows: PackedBatches | None
+    device: torch.device
+    rank: int
+    world: int
+    steps: int
+    attn_implementation: str
+    loss: str
+    start_step: int = 0
+    prefetcher: Prefetcher | None = None
+    keep: list[Any] = field(default_factory=list)  # objects that must outlive setup (HfDeepSpeedConfig)
+
+
+def setup(
+    cfg: Config,
+    rows: pa.Table,
+    val_rows: pa.Table | None,
+    tokenizer_dir: str,
+    rank: int,
+    world: int,
+    local_rank: int,
+) -> TrainState:
+    """Device, model (in its dtype, partitioned under ZeRO-3), loss wrapper, optimizer, schedule, engine."""
+    import deepspeed
+    import transformers
+
+    t = cfg.train
+    if t.scaling.use_gpu:
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(t.scaling.resources_per_worker.get("CPU", 1))))
+    dtype = model_dtype(cfg)
+    ds_config = deepspeed_config(cfg, use_bf16=dtype == torch.bfloat16)
+    attn = resolve_attn_implementation(t.model.attn_implementation, device)
+    loss = resolve_loss_implementation(t.loss, device, t.deepspeed.zero_stage)
+    packed = PackedBatches(rows, pin=device.type == "cuda")
+    steps = total_steps(cfg, packed.n_rows)
+
+    keep: list[Any] = []
+    if t.deepspeed.zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # DeepSpeed's config checks the batch sizes against its world size: join the process group first.
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        keep.append(HfDeepSpeedConfig(ds_config))  # transformers builds inside zero.Init while this lives
+    model = _model(cfg, tokenizer_dir, dtype, attn, device)
+    set_gradient_checkpointing(model, t.model.gradient_checkpointing)
+    if t.model.compile:
+        compile_layers(model)
+    module = CausalLMWithLoss(model, loss, t.loss_chunk_tokens, attn)
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    warmup = int(t.warmup_ratio * steps)
+    if "optimizer" in ds_config:  # offloaded: DeepSpeed builds its CPU Adam, we give the schedule
+        optimizer = None
+    else:
+        optimizer = torch.optim.AdamW(
+            params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95), fused=device.type == "cuda"
+        )
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module,
+        model_parameters=params,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: transformers.get_cosine_schedule_with_warmup(opt, warmup, steps),
+        config=ds_config,
+    )
+    return TrainState(
+        cfg=cfg,
+        engine=engine,
+        scheduler=scheduler,
+        rows=packed,
+        val_rows=PackedBatches(val_rows, pin=False) if val_rows is not None and val_rows.num_rows else None,
+        device=device,
+        rank=rank,
+        world=world,
+        steps=steps,
+        attn_implementation=attn,
+        loss=loss,
+        keep=keep,
+    )
+
+
+def _model(cfg: Config, tokenizer_dir: str, dtype: torch.dtype, attn: str, device: torch.device):
     from transformers import AutoTokenizer
 
     m = cfg.train.model
     if m.name_or_path:
-        model = build_model(m.name_or_path)
+        model = build_model(m.name_or_path, dtype=dtype, attn_implementation=attn)
     else:
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)
         config = tiny_llama_config(
@@ -83,9 +204,10 @@ def _model(cfg: Config, tokenizer_dir: str):
             tok.eos_token_id,
             tok.pad_token_id,
         )
-        model = build_model(config=config, seed=cfg.seed)  # same seed: identical weights on every rank
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # same seed: identical weights on every rank
+        model = build_model(
+            config=config, seed=cfg.seed, dtype=dtype, attn_implementation=attn, device=device
+        )
     if m.lora.enabled:
         try:
             from peft import LoraConfig, get_peft_model
@@ -102,180 +224,233 @@ def _model(cfg: Config, tokenizer_dir: str):
     return model
 
 
-def _batch(table, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-    rows = table.take(indices).to_pydict()
-    seq = len(rows["input_ids"][0])
-    n_real = torch.tensor(rows["n_real"])
-    return {
-        "input_ids": torch.tensor(rows["input_ids"], dtype=torch.long, device=device),
-        "labels": torch.tensor(rows["labels"], dtype=torch.long, device=device),
-        "weights": torch.tensor(rows["weights"], dtype=torch.float32, device=device),
-        "position_ids": torch.tensor(rows["position_ids"], dtype=torch.long, device=device),
-        "n_real": int(n_real.sum()),
-        "slots": len(indices) * seq,
+def _micro_batch_plan(state: TrainState):
+    """(step, indices) of every micro-batch this rank runs, from the resume step to the end."""
+    t = state.cfg.train
+    for step in range(state.start_step, state.steps):
+        yield from step_rows(
+            step, state.rank, state.world, t.micro_batch_size, t.grad_accum_steps, state.rows.n_rows
+        )
+
+
+def train_step(state: TrainState, step: int) -> dict[str, Any]:
+    """One optimizer step (``grad_accum_steps`` micro-batches); returns its metrics (all ranks agree)."""
+    t = state.cfg.train
+    if state.prefetcher is None:
+        state.prefetcher = Prefetcher(state.rows, _micro_batch_plan(state), state.device)
+    engine, world, device = state.engine, state.world, state.device
+    t0 = time.perf_counter()
+    every = step_rows(step, 0, 1, t.micro_batch_size * world, t.grad_accum_steps, state.rows.n_rows)
+    global_tokens = max(1, state.rows.trained_tokens([i for mb in every for i in mb]))
+    loss_total = torch.zeros((), device=device)
+    real = slots = 0
+    data_wait = 0.0
+    for _ in range(t.grad_accum_steps):
+        batch, waited = state.prefetcher.next()
+        data_wait += waited
+        loss_sum, _ = engine(**batch.model_kwargs())
+        # DeepSpeed averages gradients over workers: scale by world so the sum is the global mean.
+        engine.backward(loss_sum * world / global_tokens, scale_wrt_gas=False)
+        engine.step()
+        loss_total += loss_sum.detach().float()
+        real += batch.n_real
+        slots += batch.slots
+    counts = torch.tensor([float(real), float(slots)], device=device)
+    if world > 1:
+        torch.distributed.all_reduce(loss_total)
+        torch.distributed.all_reduce(counts)
+    loss_value = loss_total.item() / global_tokens  # .item() waits for the step: the timing below is real
+    elapsed = time.perf_counter() - t0
+    metrics: dict[str, Any] = {
+        "step": step + 1,
+        "loss": loss_value,
+        "lr": state.scheduler.get_last_lr()[0],
+        "tokens_per_s": counts[0].item() / elapsed,
+        "real_token_share": counts[0].item() / counts[1].item(),
+        "trained_tokens": global_tokens,
+        "step_time_s": elapsed,
+        "data_wait_s": data_wait,
     }
+    if device.type == "cuda":
+        metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    done = step + 1 == state.steps
+    if done or (t.eval_every and (step + 1) % t.eval_every == 0):
+        val = validation_loss(state)
+        if val is not None:
+            metrics["val_loss"] = val
+    return metrics
 
 
-def validation_loss(engine, table, rank: int, world: int, micro: int, device: torch.device) -> float | None:
+def validation_loss(state: TrainState) -> float | None:
     """Mean token loss over the packed validation rows, split across workers.
 
     Every worker runs the same number of forward passes (ZeRO-3 gathers parameters collectively, so a rank
-    that stopped early would hang the others): ranks short of rows repeat row 0 and count it with weight 0.
+    that stopped early would hang the others): ranks short of rows repeat row 0 with its labels masked.
     Validation records carry every trained turn unweighted (see :mod:`agentflan.data.mixture`), so trials
     with different capability weights are scored on the same tokens.
     """
-    if table is None or table.num_rows == 0:
+    rows = state.val_rows
+    if rows is None:
         return None
-    n = table.num_rows
+    n, world, micro = rows.n_rows, state.world, state.cfg.train.micro_batch_size
     per_rank = math.ceil(n / world)
-    mine = [rank + world * j for j in range(per_rank)]
-    totals = torch.zeros(2, device=device)
-    engine.eval()
+    mine = [state.rank + world * j for j in range(per_rank)]
+    totals = torch.zeros(2, device=state.device)
+    state.engine.eval()
     with torch.no_grad():
         for k in range(0, per_rank, micro):
             idx = mine[k : k + micro]
-            batch = _batch(table, [i if i < n else 0 for i in idx], device)
-            logits = engine(**model_inputs(batch)).logits
-            for j, i in enumerate(idx):
-                if i < n:
-                    loss_sum, count = weighted_token_loss(
-                        logits[j : j + 1], batch["labels"][j : j + 1], batch["weights"][j : j + 1]
-                    )
-                    totals += torch.stack([loss_sum.float(), count.float()])
-    engine.train()
+            batch = rows.batch(
+                [i if i < n else 0 for i in idx], ignore=[j for j, i in enumerate(idx) if i >= n]
+            )
+            loss_sum, count = state.engine(**batch.to(state.device).model_kwargs())
+            totals += torch.stack([loss_sum.float(), count.float()])
+    state.engine.train()
     if world > 1:
         torch.distributed.all_reduce(totals)
     return totals[0].item() / max(1.0, totals[1].item())
 
 
-def _save_final(engine, cfg: Config, rank: int, model_dir: Path, tokenizer_dir: str) -> None:
-    """Write the trained model with ``save_pretrained`` and its tokenizer (rank 0 writes)."""
+def save_checkpoint(state: TrainState, directory: str, step: int) -> None:
+    """DeepSpeed's checkpoint (sharded model and optimizer state, collective) plus the step it ends."""
+    state.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
+    if state.rank == 0:
+        (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step}))
+
+
+def load_checkpoint(state: TrainState, directory: str) -> None:
+    """Resume: weights, optimizer, schedule, and the data position (it is the step, see step_rows)."""
+    state.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+    state.start_step = json.loads((Path(directory) / STATE_FILE).read_text())["step"]
+    state.prefetcher = None
+
+
+def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
+    """Write the trained model with ``save_pretrained`` and its tokenizer (rank 0 writes).
+
+    Under ZeRO-3 the 16-bit weights are gathered from every rank's shards first (a collective)."""
     from transformers import AutoTokenizer
 
-    state = engine._zero3_consolidated_16bit_state_dict() if cfg.train.deepspeed.zero_stage == 3 else None
-    if rank != 0:
+    engine = state.engine
+    state_dict = None
+    if state.cfg.train.deepspeed.zero_stage == 3:
+        gathered = engine._zero3_consolidated_16bit_state_dict()  # what HF Trainer and accelerate call
+        if state.rank == 0:
+            state_dict = {k.removeprefix("model."): v for k, v in gathered.items()}
+    if state.rank != 0:
         return
-    module = engine.module
-    if cfg.train.model.lora.enabled:
-        if state is not None:
-            module.load_state_dict(state)
-            state = None
-        module = module.merge_and_unload()
+    model = engine.module.model
+    if state.cfg.train.model.lora.enabled:
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+            state_dict = None
+        model = model.merge_and_unload()
     model_dir.mkdir(parents=True, exist_ok=True)
-    module.save_pretrained(model_dir, state_dict=state)
+    model.config.use_cache = True  # off only inside training (model_inputs); generation wants the cache
+    model.save_pretrained(model_dir, state_dict=state_dict)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model_dir)
 
 
+def _log_step(cfg: Config, metrics: dict[str, Any], log_path: Path, run_id: str | None) -> None:
+    with log_path.open("a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    if run_id:
+        from agentflan.tracking import log_metrics
+
+        log_metrics(cfg, run_id, {k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
+
+
+def _start_log(log_path: Path, start: int, world: int) -> None:
+    _truncate_log(log_path, start)  # steps after the checkpoint will be trained again: drop their lines
+    with (log_path.parent / "attempts.jsonl").open("a") as f:
+        f.write(json.dumps({"start_step": start, "world_size": world, "time": time.time()}) + "\n")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import deepspeed
+    """The Ray Train entry: rows from the object store, rank from the train context, reports to Ray."""
     import ray
     import ray.train
-    import transformers
 
     cfg = Config.model_validate(config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
-    rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-    if t.scaling.use_gpu:
-        device = torch.device(f"cuda:{local_rank}")
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(t.scaling.resources_per_worker.get("CPU", 1))))
-    use_bf16 = t.scaling.use_gpu and t.model.dtype != "float32"
-
-    table = ray.get(config["rows_ref"])
-    val_table = ray.get(config["val_rows_ref"]) if config.get("val_rows_ref") is not None else None
-    n_rows = table.num_rows
-    steps = total_steps(cfg, n_rows)
-    trained_per_row = table.column("n_trained").to_pylist()
-
-    model = _model(cfg, config["tokenizer_dir"])
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95), fused=t.scaling.use_gpu
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    val_ref = config.get("val_rows_ref")
+    state = setup(
+        cfg,
+        ray.get(config["rows_ref"]),
+        ray.get(val_ref) if val_ref is not None else None,
+        config["tokenizer_dir"],
+        rank,
+        world,
+        ctx.get_local_rank(),
     )
-    scheduler = transformers.get_cosine_schedule_with_warmup(optimizer, int(t.warmup_ratio * steps), steps)
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, use_bf16)
-    )
-
-    start = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
-            start = json.loads((Path(d) / STATE_FILE).read_text())["step"]
+            load_checkpoint(state, d)
     log_path = Path(config["steps_log"])
     if rank == 0:
-        _truncate_log(log_path, start)  # steps after the checkpoint will be trained again: drop their lines
-        with (log_path.parent / "attempts.jsonl").open("a") as f:
-            f.write(json.dumps({"start_step": start, "world_size": world, "time": time.time()}) + "\n")
+        _start_log(log_path, state.start_step, world)
 
-    accum = t.grad_accum_steps
-    engine.train()
-    for step in range(start, steps):
-        t0 = time.time()
-        micro = step_rows(step, rank, world, t.micro_batch_size, accum, n_rows)
-        every = step_rows(step, 0, 1, t.micro_batch_size * world, accum, n_rows)
-        global_tokens = max(1, sum(trained_per_row[i] for mb in every for i in mb))
-        loss_total = torch.zeros((), device=device)
-        real = slots = 0
-        for indices in micro:
-            batch = _batch(table, indices, device)
-            logits = engine(**model_inputs(batch)).logits
-            loss_sum, _ = weighted_token_loss(logits, batch["labels"], batch["weights"])
-            # DeepSpeed averages gradients over workers: scale by world so the sum is the global mean.
-            engine.backward(loss_sum * world / global_tokens, scale_wrt_gas=False)
-            engine.step()
-            loss_total += loss_sum.detach()
-            real += batch["n_real"]
-            slots += batch["slots"]
-        counts = torch.tensor([float(real), float(slots)], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(loss_total)
-            torch.distributed.all_reduce(counts)
-        elapsed = time.time() - t0
-        metrics = {
-            "step": step + 1,
-            "loss": loss_total.item() / global_tokens,
-            "lr": scheduler.get_last_lr()[0],
-            "tokens_per_s": counts[0].item() / elapsed,
-            "real_token_share": counts[0].item() / counts[1].item(),
-            "trained_tokens": global_tokens,
-        }
-        done = step + 1 == steps
-        if done or (t.eval_every and (step + 1) % t.eval_every == 0):
-            val = validation_loss(engine, val_table, rank, world, t.micro_batch_size, device)
-            if val is not None:
-                metrics["val_loss"] = val
+    for step in range(state.start_step, state.steps):
+        metrics = train_step(state, step)
         if rank == 0:
-            with log_path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if config.get("run_id"):
-                from agentflan.tracking import log_metrics
-
-                log_metrics(
-                    cfg, config["run_id"], {k: v for k, v in metrics.items() if k != "step"}, step + 1
-                )
-        if (step + 1) % t.checkpoint_every == 0 or done:
-            _report_checkpoint(engine, rank, step + 1, metrics)
-        elif "val_loss" in metrics:
+            _log_step(cfg, metrics, log_path, config.get("run_id"))
+        done = step + 1 == state.steps
+        if (step + 1) % t.checkpoint_every == 0 or (done and t.save_final):
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(state, tmp, step + 1)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        elif "val_loss" in metrics or done:
             # ray.train.report is a barrier across workers (~1.7 s a call here, 5x a tiny model's step):
-            # only checkpoints and validation losses go through it; every step goes to MLflow and the log.
+            # only checkpoints, validation losses and the end go through it; every step goes to MLflow and
+            # the log.
             ray.train.report(metrics)
+    if t.save_final:
+        save_model(state, Path(config["model_dir"]), config["tokenizer_dir"])
 
-    _save_final(engine, cfg, rank, Path(config["model_dir"]), config["tokenizer_dir"])
+
+def train_single_process(
+    cfg: Config,
+    rows: pa.Table,
+    val_rows: pa.Table | None,
+    tokenizer_dir: str,
+    output_dir: Path,
+    run_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The same loop in this process, world size 1, without Ray: what tests and benchmarks call.
+
+    Writes ``train/steps.jsonl`` and (with ``train.save_final``) ``model/`` under ``output_dir``; a checkpoint
+    every ``train.checkpoint_every`` steps under ``train/checkpoints/step_N``. Returns the step metrics."""
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.train.scaling.use_gpu else "gloo")
+    state = setup(cfg, rows, val_rows, tokenizer_dir, rank=0, world=1, local_rank=0)
+    log_path = output_dir / "train" / "steps.jsonl"
+    _start_log(log_path, 0, 1)
+    logged = []
+    for step in range(state.steps):
+        metrics = train_step(state, step)
+        _log_step(cfg, metrics, log_path, run_id)
+        logged.append(metrics)
+        if (step + 1) % cfg.train.checkpoint_every == 0:
+            save_checkpoint(state, str(output_dir / "train" / "checkpoints" / f"step_{step + 1}"), step + 1)
+    if cfg.train.save_final:
+        save_model(state, output_dir / "model", tokenizer_dir)
+    return logged
 
 
-def _report_checkpoint(engine, rank: int, step: int, metrics: dict[str, Any]) -> None:
-    import ray.train
+def _free_port() -> int:
+    import socket
 
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state={"step": step})
-        if rank == 0:
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step}))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _truncate_log(path: Path, last_step: int) -> None:

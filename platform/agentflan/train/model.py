@@ -1,23 +1,38 @@
-"""The model: a tiny Llama for tests and CPU runs, or any causal LM from a path, always with sdpa attention.
+"""The model: a tiny Llama for tests and CPU runs, or any causal LM from a path, with the attention kernel chosen
+for the device.
 
-Packed rows rely on transformers building a block-diagonal mask from restarting ``position_ids``. In
-transformers 5.x it does so only when ``attention_mask`` is None *and there is no KV cache*; with
-``use_cache=True`` (the default of most configs, including Llama's) ``LlamaModel.forward`` creates an empty
-``DynamicCache``, the packed-sequence check is skipped and every token attends across sample boundaries, in
-training mode too. So :func:`build_model` sets ``config.use_cache = False`` and :func:`model_inputs` passes
-``use_cache=False`` explicitly; a test checks that a packed sample's logits do not change when another sample in
-its row does.
+Packed rows and attention. A packed row keeps its samples apart through its restarting ``position_ids``:
+
+- ``sdpa`` and ``eager``: transformers builds a dense block-diagonal causal mask (B x 1 x L x L) from the
+  position ids. Correct on every device, but sdpa cannot use its flash kernel with a mask, and every masked
+  block is still computed.
+- ``flex_attention``: transformers builds a ``BlockMask`` from the same boundaries, and the kernel skips every
+  block that lies across two samples. The fastest choice on a GPU without the flash-attn package.
+- ``flash_attention_2`` / ``_3``: transformers reads packed boundaries from position ids only for a batch of one
+  row (``_is_packed_sequence``), so :class:`~agentflan.train.loss.CausalLMWithLoss` flattens a micro-batch of
+  B rows into one row of B x L tokens (what ``DataCollatorWithFlattening`` does); the varlen kernel then gets
+  every sample's boundaries.
+
+In transformers 5.x the packed-sequence mask is built only when ``attention_mask`` is None *and there is no KV
+cache*; with ``use_cache=True`` (the default of most configs) ``LlamaModel.forward`` creates an empty
+``DynamicCache``, the check is skipped and every token attends across sample boundaries, in training mode too.
+So training passes ``use_cache=False`` explicitly (:func:`model_inputs`); a test checks that a packed sample's
+logits do not change when another sample in its row does. The *saved* config keeps the cache on: whoever
+generates from the exported model wants it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-ATTN_IMPLEMENTATION = "sdpa"
+ATTN_IMPLEMENTATIONS = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager")
+_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 
 def tiny_llama_config(
@@ -44,7 +59,6 @@ def tiny_llama_config(
         num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
-        use_cache=False,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
@@ -56,40 +70,118 @@ def _swiglu_width(hidden_size: int) -> int:
     return -(-8 * hidden_size // 3 // 8) * 8
 
 
+def available_attn_implementations(device: torch.device) -> list[str]:
+    """The attention implementations that can train on ``device``, fastest first (measured on an H100 for the
+    GPU order; see docs/benchmarks.md)."""
+    out = []
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 9 and importlib.util.find_spec(_FLASH_PACKAGES["flash_attention_3"]):
+            out.append("flash_attention_3")
+        if importlib.util.find_spec(_FLASH_PACKAGES["flash_attention_2"]):
+            out.append("flash_attention_2")
+        out.append("flex_attention")
+    return [*out, "sdpa", "eager"]  # flex attention has no backward on CPU (torch 2.13)
+
+
+def resolve_attn_implementation(requested: str, device: torch.device) -> str:
+    """``auto`` becomes the fastest implementation available on ``device``: a flash-attn kernel where its package
+    is installed, else flex attention on a GPU, else sdpa. A named one is checked to be usable here."""
+    available = available_attn_implementations(device)
+    if requested == "auto":
+        return available[0]
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation {requested!r}: choose one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+        )
+    if requested not in available:
+        why = (
+            f"needs the {_FLASH_PACKAGES[requested]} package and a GPU"
+            if requested in _FLASH_PACKAGES
+            else f"does not run on {device.type}"
+        )
+        raise ValueError(f"train.model.attn_implementation={requested} {why}; available here: {available}")
+    return requested
+
+
+def flattens_batch(attn_implementation: str) -> bool:
+    """Whether a micro-batch is fed as one row of all its tokens (flash varlen reads boundaries only then)."""
+    return attn_implementation.startswith("flash_attention")
+
+
 def build_model(
     name_or_path: str | None = None,
     config: LlamaConfig | None = None,
     dtype: torch.dtype = torch.float32,
     seed: int | None = None,
+    attn_implementation: str = "sdpa",
+    device: torch.device | str | None = None,
 ) -> PreTrainedModel:
-    """A causal LM with sdpa attention and the KV cache off (see the module docstring).
+    """A causal LM in ``dtype`` with the given attention kernel.
 
-    With ``name_or_path`` the weights are loaded with ``AutoModelForCausalLM.from_pretrained``; without it a
-    model is initialised from ``config`` (e.g. :func:`tiny_llama_config`), under ``seed`` if given, without
-    touching the global random state.
+    With ``name_or_path`` the weights are loaded with ``AutoModelForCausalLM.from_pretrained`` (in ``dtype``,
+    streamed: ``low_cpu_mem_usage``); without it a model is initialised from ``config`` (e.g.
+    :func:`tiny_llama_config`), under ``seed`` if given, without touching the global random state, directly on
+    ``device`` when one is given (a 7B model initialised on the GPU takes seconds, on one CPU core minutes).
+
+    Under ZeRO-3 call this while a ``transformers.integrations.HfDeepSpeedConfig`` is alive: transformers then
+    builds (and loads) the model inside ``deepspeed.zero.Init``, partitioned, so no rank holds all of it.
     """
     if name_or_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype
+        return AutoModelForCausalLM.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, dtype=dtype, low_cpu_mem_usage=True
         )
-    elif config is None:
+    if config is None:
         raise ValueError("build_model needs a name_or_path or a config (e.g. tiny_llama_config(vocab_size))")
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    on_device = torch.device(device) if device is not None and not is_deepspeed_zero3_enabled() else None
+    with torch.random.fork_rng(devices=[]), on_device or contextlib.nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+            if on_device is not None and on_device.type == "cuda":
+                torch.cuda.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated decoder blocks (``model.model.layers`` for Llama-family models, through a peft wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.get_decoder().layers)
+
+
+def set_gradient_checkpointing(model: PreTrainedModel, mode: str) -> None:
+    """``full`` recomputes every decoder layer in backward, ``alternate`` every other one, ``none`` none.
+
+    Non-reentrant checkpointing (the PyTorch default going forward; it also works with compiled layers and with
+    inputs that do not require grad, such as a frozen embedding under LoRA)."""
+    if mode == "none":
+        return
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+    kwargs = {"use_reentrant": False}
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
     else:
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(
-                config, attn_implementation=ATTN_IMPLEMENTATION, dtype=dtype
-            )
-    model.config.use_cache = False
-    return model
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if mode == "alternate":
+        for i, layer in enumerate(decoder_layers(model)):
+            if i % 2:
+                layer.gradient_checkpointing = False
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """``torch.compile`` each decoder layer in place (regional compilation): the layers share one graph, so
+    compiling a 32-layer model costs about what one layer does, and the fused norms, RoPE and SwiGLU save
+    the memory round trips that dominate the non-matmul time."""
+    for layer in decoder_layers(model):
+        layer.compile()
 
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The keyword arguments for ``model(**...)`` from a packed or padded batch.
 
     Packed batches have no ``attention_mask`` and must not get one: the position ids carry the boundaries.
-    Labels stay out (the loss is :func:`agentflan.train.loss.weighted_token_loss`, not the model's own).
+    Labels stay out (the loss is :mod:`agentflan.train.loss`'s, not the model's own).
     """
     inputs: dict[str, Any] = {
         "input_ids": batch["input_ids"],
