@@ -1,6 +1,9 @@
 """Shared fixtures: where the real corpora are, and one Ray instance for the whole session.
 
 Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance.
+
+The slow tests carry the ``ray`` marker: every test that uses the Ray instance gets it here, the others
+(subprocess jobs, benchmarks) declare it. ``pytest -m "not ray"`` is the fast loop (under 2 minutes).
 """
 
 from __future__ import annotations
@@ -29,3 +32,9 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

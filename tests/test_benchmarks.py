@@ -24,11 +24,13 @@ def run(script: str, *args: str, timeout: int = 600) -> str:
     return proc.stdout
 
 
+@pytest.mark.ray  # slow: a benchmark in a subprocess
 def test_train_throughput_prints_padded_and_packed():
     out = run("train_throughput.py", "--steps", "2", "--seq-len", "256", "--batch", "2", "--threads", "1")
     assert "| padded to longest |" in out and "| packed |" in out
 
 
+@pytest.mark.ray  # slow: a benchmark in a subprocess
 def test_gpu_train_runs_tiny_on_cpu(tmp_path):
     """The GPU benchmark's whole path on a CPU: prepare the packed data, a padded baseline and two rows of the
     real worker loop (in subprocesses, as on the GPU), the table."""
@@ -49,6 +51,7 @@ def test_gpu_train_runs_tiny_on_cpu(tmp_path):
     )
 
 
+@pytest.mark.ray  # slow: a benchmark in a subprocess
 def test_data_pipeline_benchmark_small():
     out = run(
         "data_pipeline.py",

@@ -89,6 +89,7 @@ def ray_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.ray
 def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path):
     address, env = ray_head
     out = tmp_path / "out"

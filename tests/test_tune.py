@@ -186,7 +186,8 @@ def test_paper_table_means_over_seeds_per_arm_and_skips_stopped_trials():
     assert [r["status"] for r in rows] == ["completed"] * 3 + ["stopped early", "error"]
     table = report.paper_table(rows, space)
     lines = [x for x in table.splitlines() if x.startswith("| w")]
-    assert lines[0].startswith("| w/o negatives |") and "| 0.600 ± 0.141 (2) |" in lines[0]
+    # t(1) = 12.706: two seeds give an interval of +-12.706 x 0.141 / sqrt(2)
+    assert lines[0].startswith("| w/o negatives |") and "| 0.600 ± 0.141 [-0.671, 1.871] (2) |" in lines[0]
     assert lines[1].startswith("| w/ negatives |") and "| 0.900 ± 0.000 (1) |" in lines[1]
     assert report.best(rows, space)["trial"] == "t2"
 

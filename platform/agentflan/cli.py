@@ -6,22 +6,22 @@
     agentflan run SPEC.yaml [key=value ...]      the whole job: corpus -> train -> eval
     agentflan tune SPEC.yaml SPACE.yaml [key=value ...]   a Ray Tune study (tune_spaces/), e.g. an ablation
 
-A bad spec or input is reported in one clear message (exit code 2), never as a traceback.
+A bad spec, input, path or ratio key is reported in one line before any work starts (exit code 2). While a
+command runs, the console shows a progress bar per stage and the summary tables; every library's output goes
+to ``<output_dir>/logs/agentflan.log`` (see :mod:`agentflan.console`). A failure prints one line naming what
+failed and where the full log is (exit code 1). Two jobs on one output directory are refused (a lock file).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from agentflan.config import Config, ConfigError, load_config
-
-
-def _progress(msg: str) -> None:
-    print(f"[agentflan {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+from agentflan.console import Console, job_console
+from agentflan.preflight import PreflightError, output_dir_lock, preflight
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -75,35 +75,39 @@ def summarize_data(manifest: dict[str, Any], out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def cmd_data(cfg: Config) -> int:
+class UsageError(Exception):
+    """A problem the user can fix (bad inputs, no model): one line, exit code 2."""
+
+
+def cmd_data(cfg: Config, console: Console) -> int:
     from agentflan.data.pipeline import PipelineError, run_data
 
     try:
-        manifest = run_data(cfg, progress=_progress)
+        manifest = run_data(cfg, progress=console)
     except PipelineError as e:
-        print(f"agentflan: {e}", file=sys.stderr)
-        return 2
-    print(summarize_data(manifest, Path(cfg.output_dir)))
+        raise UsageError(str(e)) from None
+    console.print(summarize_data(manifest, Path(cfg.output_dir)))
     return 0
 
 
-def cmd_train(cfg: Config) -> int:
+def cmd_train(cfg: Config, console: Console) -> int:
     from agentflan.data.pipeline import corpus_is_current
     from agentflan.train.recipe import run_train
 
     if corpus_is_current(cfg):
-        _progress(f"corpus under {cfg.output_dir} is current: skipping the data stage")
-    elif (code := cmd_data(cfg)) != 0:
+        console.message(f"corpus under {cfg.output_dir} is current: skipping the data stage")
+    elif (code := cmd_data(cfg, console)) != 0:
         return code
-    summary = run_train(cfg, progress=_progress)
+    summary = run_train(cfg, progress=console)
     final = summary["final"]
-    print(
+    console.print(
         format_table(
-            ["steps", "loss", "tokens/s", "real-token share", "model", "mlflow run"],
+            ["steps", "loss", "val_loss", "tokens/s", "real-token share", "model", "mlflow run"],
             [
                 [
                     summary["steps"],
                     f"{final.get('loss', float('nan')):.4f}",
+                    f"{final['val_loss']:.4f}" if "val_loss" in final else "-",
                     f"{final.get('tokens_per_s', 0):.0f}",
                     f"{final.get('real_token_share', 0):.2f}",
                     summary["model_dir"],
@@ -115,49 +119,48 @@ def cmd_train(cfg: Config) -> int:
     return 0
 
 
-def cmd_eval(cfg: Config) -> int:
-    from agentflan.eval.run import run_eval
+def cmd_eval(cfg: Config, console: Console) -> int:
+    from agentflan.eval.run import markdown_report, run_eval
 
     try:
-        report = run_eval(cfg, progress=_progress)
+        report = run_eval(cfg, progress=console)
     except FileNotFoundError as e:
-        print(f"agentflan: {e}", file=sys.stderr)
-        return 2
-    from agentflan.eval.run import markdown_report
-
-    print(markdown_report(report))
-    print(f"report: {Path(cfg.output_dir) / 'eval' / 'report.json'}   mlflow run: {report['mlflow_run_id']}")
+        raise UsageError(str(e)) from None
+    console.print(markdown_report(report))
+    console.print(
+        f"report: {Path(cfg.output_dir) / 'eval' / 'report.md'}   mlflow run: {report['mlflow_run_id']}"
+    )
     return 0
 
 
-def cmd_run(cfg: Config) -> int:
+def cmd_run(cfg: Config, console: Console) -> int:
     """corpus -> train -> eval: a current corpus is reused, and training resumes from its last checkpoint."""
-    if (code := cmd_train(cfg)) != 0:
+    if (code := cmd_train(cfg, console)) != 0:
         return code
-    return cmd_eval(cfg)
+    return cmd_eval(cfg, console)
 
 
-def cmd_tune(cfg: Config, space_path: str) -> int:
+def cmd_tune(cfg: Config, console: Console, space_path: str) -> int:
     from agentflan.tune.space import SpaceError, load_space
     from agentflan.tune.study import StudyError, run_study
 
     try:
         space = load_space(space_path, cfg)
     except SpaceError as e:
-        print(f"agentflan: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     try:
-        summary = run_study(cfg, space, progress=_progress)
+        summary = run_study(cfg, space, progress=console)
     except StudyError as e:
-        print(f"agentflan: {e}", file=sys.stderr)
-        return 2
-    print(summary["table"])
-    print()
-    print(summary["best_line"])
-    print(f"results: {summary['study_dir']}/results.md   mlflow parent run: {summary['parent_run_id']}")
+        raise UsageError(str(e)) from None
+    console.print(summary["table"])
+    console.print()
+    console.print(summary["best_line"])
+    console.print(
+        f"results: {summary['study_dir']}/results.md   mlflow parent run: {summary['parent_run_id']}"
+    )
     failed = [r["trial"] for r in summary["rows"] if r["status"] == "error"]
     if failed:
-        print(f"agentflan: {len(failed)} trial(s) failed: {', '.join(failed)}", file=sys.stderr)
+        console.message(f"{len(failed)} trial(s) failed: {', '.join(failed)}")
         return 1
     return 0
 
@@ -192,12 +195,35 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"eval.{o}" if o.startswith("model=") else o for o in args.overrides]
     try:
         cfg = load_config(args.spec, overrides)
-    except ConfigError as e:
+        if args.command == "tune":
+            from agentflan.tune.space import SpaceError, load_space
+
+            try:
+                load_space(args.space, cfg)  # a bad space is refused before anything starts
+            except SpaceError as e:
+                raise UsageError(str(e)) from None
+        preflight(cfg, args.command)
+    except (ConfigError, PreflightError, UsageError) as e:
         print(f"agentflan: {e}", file=sys.stderr)
         return 2
-    if args.command == "tune":
-        return cmd_tune(cfg, args.space)
-    return COMMANDS[args.command](cfg)
+    try:
+        with output_dir_lock(cfg.output_dir), job_console(cfg.output_dir) as console:
+            try:
+                if args.command == "tune":
+                    return cmd_tune(cfg, console, args.space)
+                return COMMANDS[args.command](cfg, console)
+            except UsageError as e:
+                console.error(str(e))
+                return 2
+            except Exception as e:  # anything else: one line here, the traceback in the log
+                console.fail(e, args.command)
+                return 1
+            except KeyboardInterrupt:
+                console.message(f"interrupted (log: {console.log_path})")
+                return 130
+    except PreflightError as e:  # the output directory is locked by another job
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

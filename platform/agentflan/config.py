@@ -100,10 +100,11 @@ class NegativesConfig(_Strict):
 
 
 class MixtureConfig(_Strict):
-    """Sampling ratio per bucket: 1 keeps every record, 0.5 half of them, 2.5 each record 2 or 3 times.
+    """Sampling ratio per bucket: 1 keeps every record, 0.5 half of them, 2.5 each record 2 or 3 times, 0 none.
 
-    Buckets are source names (for agent data), ``general``, ``negatives`` and ``format_following``.
-    Capability balance is set by ``data.capability_weights``.
+    Keys are buckets: an agent source's name, ``general``, ``negatives`` and ``format_following``; or the
+    source name of a general input, to weigh it among the general chats. Any other key is refused before
+    the job starts (agentflan.preflight). Capability balance is set by ``data.capability_weights``.
     """
 
     ratios: dict[str, float] = Field(default_factory=dict)

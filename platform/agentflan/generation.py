@@ -2,8 +2,9 @@
 for evaluation.
 
 Prompts are rendered with the tokenizer's own chat template (a model trained here carries the template
-it was trained with), left-padded so a batch generates together; greedy decoding makes the output a
-function of the model and the prompt, so batching never changes an answer.
+it was trained with), left-padded so a batch generates together, batched by prompt length (longest first) so little of a batch
+is padding; greedy decoding makes the output a function of the model and the prompt, so batching never
+changes an answer. The exported model's config keeps the KV cache on, so ``generate`` uses it.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ class ChatGenerator:
     def generate(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
         import torch
 
-        replies: list[str] = []
-        for start in range(0, len(conversations), self.batch_size):
-            chunk = conversations[start : start + self.batch_size]
+        prompts = [self.prompt(c) for c in conversations]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))  # similar lengths batch together
+        replies: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
             enc = self.tokenizer(
-                [self.prompt(c) for c in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+                [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
             with torch.no_grad():
                 out = self.model.generate(
@@ -52,5 +56,8 @@ class ChatGenerator:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new = out[:, enc["input_ids"].shape[1] :]
-            replies.extend(t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+            for i, text in zip(
+                chunk, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True
+            ):
+                replies[i] = text.strip()
         return replies

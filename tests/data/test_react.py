@@ -113,3 +113,52 @@ def test_render_round_trip():
         "name": "search",
         "arguments": {"q": "x"},
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "thought", "tool", "arguments"),
+    [
+        # numbered steps (ReAct paper, HotpotQA prompts)
+        ("Thought 1: I need to search Colorado.\nAction 1: Search[Colorado orogeny]", "I need to search Colorado.",
+         "Search", "Colorado orogeny"),
+        ("Thought 12: Done.\nAction 12: Finish[1,800 to 7,000 ft]", "Done.", "Finish", "1,800 to 7,000 ft"),
+        # multi-line JSON arguments
+        ('Thought: weather.\nAction: get_weather\nAction Input: {\n  "city": "Paris",\n  "unit": "C"\n}',
+         "weather.", "get_weather", '{\n  "city": "Paris",\n  "unit": "C"\n}'),
+        # an observation the model wrote itself is not part of the arguments
+        ('Thought: t\nAction: search\nAction Input: {"q": "x"}\nObservation: made up',
+         "t", "search", '{"q": "x"}'),
+    ],
+)  # fmt: skip
+def test_edge_dialects(text, thought, tool, arguments):
+    step = parse_step(text)
+    assert (step.thought, step.tool, step.arguments, step.extra_actions) == (thought, tool, arguments, 0)
+    if arguments.startswith("{"):
+        json.loads(step.arguments)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Thought: two things.\nAction: search[a]\nAction: lookup[b]",
+        'Thought: two.\nAction: search\nAction Input: {"q": "a"}\nAction: lookup\nAction Input: {"q": "b"}',
+    ],
+)
+def test_several_actions_in_one_turn_keep_the_first(text):
+    """The executor runs the first action; the second is counted, and never leaks into the arguments."""
+    step = parse_step(text)
+    assert step.tool == "search" and step.extra_actions == 1
+    assert "lookup" not in (step.arguments or "") and "b" not in (step.arguments or "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Action movies are my favourite genre.",
+        "Actionable advice: sleep more.",
+        "Action items for the week: buy milk, call mum.",
+        "Acting: the art of pretending.",
+    ],
+)
+def test_plain_replies_that_start_with_action_are_not_steps(text):
+    assert parse_step(text) is None

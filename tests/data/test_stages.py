@@ -285,3 +285,45 @@ def test_mixture_ratios_and_split(general):
     # same seed, same draw
     again = [mix_record(r, {"general": 0.5}, seed=0, validation_fraction=0.1) for r in recs]
     assert [isinstance(k, Drop) for k in kept] == [isinstance(k, Drop) for k in again]
+
+
+def test_mixture_ratio_zero_drops_every_training_record_but_keeps_validation(general):
+    out = [mix_record(r, {"general": 0}, seed=0, validation_fraction=0.1) for r in general]
+    kept = [k for k in out if not isinstance(k, Drop)]
+    assert kept and all(len(k) == 1 and k[0].meta["split"] == "validation" for k in kept)
+    assert sum(isinstance(k, Drop) and k.reason == "sampled_out" for k in out) == len(general) - len(kept)
+
+
+def test_integer_ratios_repeat_exactly(general):
+    """An integer ratio is a count, not a probability: every training record appears exactly that often."""
+    for ratio in (1, 2, 3):
+        out = [mix_record(r, {"general": ratio}, seed=0, validation_fraction=0.0) for r in general[:50]]
+        assert all(len(k) == ratio for k in out)
+        ids = [c.id for k in out for c in k]
+        assert len(set(ids)) == len(ids)  # copies get their own ids
+
+
+def test_a_general_source_can_be_weighed_among_the_general_chats(general, fireact):
+    """`{sharegpt: 2}` doubles that general source; agent buckets and negatives ignore source keys."""
+    ratios = {"general": 1, "fastchat_dummy_conversation": 2, "negatives": 1}
+    out = [mix_record(r, ratios, seed=0, validation_fraction=0.0) for r in general[:20]]
+    assert all(len(k) == 2 for k in out)
+    negative = replace(aligned(fireact[0]), bucket="negatives")
+    assert len(mix_record(negative, {"react": 3, "negatives": 1}, seed=0, validation_fraction=0.0)) == 1
+
+
+def test_unknown_ratio_keys_are_refused_before_work(shared_data, tmp_path, capsys):
+    from agentflan.cli import main
+
+    code = main(
+        [
+            "data",
+            "pipelines/local.yaml",
+            f"output_dir={tmp_path / 'o'}",
+            "data.mixture.ratios={sharegtp: 2.0}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "data.mixture.ratios: 'sharegtp' is not a bucket or source name" in err
+    assert "buckets: general, negatives, format_following" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -4,10 +4,36 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from agentflan.cli import main
 from agentflan.config import load_config
+from agentflan.data.pipeline import read_corpus
+from agentflan.eval.quality import is_degenerate
+from agentflan.eval.stats import wilson
+from agentflan.markers import has_react_words, has_tool_phrases
+
+
+def _one_by_one_loss(cfg, model_path, records, heldout_samples):
+    """The held-out loss the simple way: every (record, capability) sample alone through the model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentflan.train.loss import weighted_token_loss
+
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    out = {}
+    for cap, samples in heldout_samples(cfg, AutoTokenizer.from_pretrained(model_path), records).items():
+        total, count = 0.0, 0
+        for s in samples:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([s.input_ids]), use_cache=False).logits
+            loss_sum, n = weighted_token_loss(logits, torch.tensor([s.labels]), torch.tensor([s.weights]))
+            total, count = total + float(loss_sum), count + int(n)
+        if count:
+            out[cap] = {"loss": total / count, "tokens": count}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +78,49 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     for key in ("h_react", "h_general", "h_score", "missed_call_rate", "combined"):
         assert key in report["agent_h"]
     assert report["tool_use"]["overall"]["n"] == 4
-    assert set(report["validation_loss"]) >= {"reasoning", "general"}
-    assert all(v["loss"] > 0 for v in report["validation_loss"].values())
-    assert "## Agent-H" in (out / "eval/report.md").read_text()
-    replies = (out / "eval/replies.jsonl").read_text().splitlines()
+    replies = {
+        json.loads(x)["id"]: json.loads(x)["reply"]
+        for x in (out / "eval/replies.jsonl").read_text().splitlines()
+    }
     assert len(replies) == 2 + 2 + 4 + 4 + 4
 
-    # disjoint from training: no eval query is a user turn of the corpus
-    import pyarrow.parquet as pq
+    # The numbers, recomputed here from the replies on disk: Agent-H rates and the degenerate count...
+    cases = {r["id"]: r["case"] for r in pq.read_table(out / "eval/agent_h.parquet").to_pylist()}
+    plain = [replies[i] for i, c in cases.items() if c in "abc"]
+    h = report["agent_h"]
+    assert h["n_plain"] == len(plain) == 8
+    assert h["h_react"] == sum(has_react_words(r) for r in plain) / 8
+    assert h["h_general"] == sum(has_tool_phrases(r) for r in plain) / 8
+    assert h["intervals"]["h_react"] == wilson(sum(has_react_words(r) for r in plain), 8).to_dict()
+    q = report["quality"]
+    assert q["degenerate"] == sum(is_degenerate(r) for r in replies.values()) and q["n"] == 16
+    # ...the held-out loss, against a plain one-record-at-a-time loop over the validation split...
+    from agentflan.eval.run import heldout_records, heldout_samples
 
+    cfg = load_config("pipelines/local.yaml", [*overrides, f"eval.model={summary['model_dir']}"])
+    expected = _one_by_one_loss(
+        cfg, summary["model_dir"], heldout_records(cfg, read_corpus(out)), heldout_samples
+    )
+    assert expected.keys() == report["validation_loss"].keys() >= {"reasoning", "general"}
+    for cap, v in expected.items():
+        assert report["validation_loss"][cap]["tokens"] == v["tokens"]
+        assert report["validation_loss"][cap]["loss"] == pytest.approx(v["loss"], rel=1e-4)
+    # ...and the report shows them, with their intervals.
+    md = (out / "eval/report.md").read_text()
+    iv = h["intervals"]["h_react"]
+    assert f"| H_ReAct | {h['h_react']:.3f} | [{iv['low']:.3f}, {iv['high']:.3f}] | 8 |" in md
+    # the case table: n, then count and rate for ReAct words, tool phrases and calls (the calls column
+    # once read a key that does not exist and always showed 0)
+    for case, c in report["agent_h"]["per_case"].items():
+        (row,) = [x for x in md.splitlines() if x.startswith(f"| {case} | {c['n']} |")]
+        cells = [x.strip() for x in row.strip("|").split("|")]
+        assert (cells[2], cells[4], cells[6]) == (str(c["react"]), str(c["general"]), str(c["calls"]))
+    cap, v = next(iter(report["validation_loss"].items()))
+    assert f"| {cap} | {v['loss']:.4f} | {v['tokens']} |" in md
+    assert "![Held-out loss per capability](plots/heldout_loss.png)" in md
+    assert (out / "eval/plots/heldout_loss.png").stat().st_size > 1000
+
+    # disjoint from training: no eval query is a user turn of the corpus
     from agentflan.eval.sources import normalize_query
 
     eval_queries = {

@@ -7,6 +7,7 @@ import pytest
 from agentflan.eval.agent_h import EXPECTED
 from agentflan.eval.hallucination import judge_reply, score_agent_h
 from agentflan.eval.sources import EvalSample, ReferenceCall
+from agentflan.eval.stats import wilson
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city.", "parameters": {"type": "object"}}]
 REACT_REPLY = 'Thought: I should look this up.\nAction: get_weather\nAction Input: {"city": "Paris"}'
@@ -88,10 +89,17 @@ def test_scores_and_per_case_breakdown_follow_the_formulas():
     assert report.combined == pytest.approx((report.h_score + 0.5) / 2)
     assert report.plain_call_rate == pytest.approx(1 / 6)  # the ReAct reply in (a) is also a call
     per_case = report.to_dict()["per_case"]
+    intervals = per_case["a"].pop("intervals")
     assert per_case["a"] == {
         "n": 2, "react": 1, "general": 0, "calls": 1, "react_rate": 0.5, "general_rate": 0.0, "call_rate": 0.5
     }  # fmt: skip
+    assert intervals["react_rate"] == wilson(1, 2).to_dict()
     assert (per_case["d"]["n"], per_case["d"]["calls"]) == (2, 1)
+    # every score carries its interval, and the interval holds the score
+    for name in ("h_react", "h_general", "h_score", "missed_call_rate", "combined", "plain_call_rate"):
+        iv = report.intervals[name]
+        assert iv.low <= getattr(report, name) <= iv.high, name
+    assert report.intervals["h_score"].n == 6 and report.intervals["combined"].n == 8
 
 
 def test_score_agent_h_rejects_mismatched_lengths():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agentflan.train.batches import PackedBatches, Prefetcher
-from agentflan.train.data import rows_table
+from agentflan.train.data import epoch_order, rows_table, step_rows
 from agentflan.train.packing import collate_packed, pack_samples
 from agentflan.train.templates import IGNORE_INDEX, encode_conversation
 
@@ -67,3 +67,34 @@ def test_prefetcher_raises_what_went_wrong(packed) -> None:
     prefetch.next()
     with pytest.raises(IndexError):
         prefetch.next()
+
+
+def _epoch_rows(n_rows: int, steps: range, world: int = 2, micro: int = 2, accum: int = 3, seed: int = 0):
+    """The rows of ``steps`` in stream order (accumulation step, then rank, then micro-batch position)."""
+    out = []
+    for step in steps:
+        per_rank = [step_rows(step, rank, world, micro, accum, n_rows, seed) for rank in range(world)]
+        out += [i for a in range(accum) for rank in range(world) for i in per_rank[rank][a]]
+    return out
+
+
+def test_every_epoch_covers_every_row_once_and_a_second_epoch_reshuffles() -> None:
+    n_rows, per_step = 24, 2 * 2 * 3  # world x micro x accum: 2 steps an epoch
+    first, second, third = (_epoch_rows(n_rows, range(e * 2, e * 2 + 2)) for e in range(3))
+    assert first == list(range(n_rows))  # epoch 0 reads the (already seed-shuffled) table in order
+    assert sorted(second) == sorted(third) == list(range(n_rows))
+    assert second != first and third != second  # later epochs: fresh permutations
+    assert _epoch_rows(n_rows, range(2, 4), seed=1) != second  # ... seeded by the run's seed
+    assert len(first) == 2 * per_step
+
+
+def test_ranks_split_a_step_and_the_position_is_the_step() -> None:
+    """The rows of step s do not depend on what ran before: resuming at s reads what an uninterrupted run
+    reads there; the ranks of one step never share a row."""
+    n_rows = 48  # 8 rows a step (2 ranks x 2 micro x 2 accum): 6 steps an epoch
+    for step in range(12):
+        by_rank = [sum(step_rows(step, r, 2, 2, 2, n_rows, 7), []) for r in range(2)]
+        assert len(set(by_rank[0] + by_rank[1])) == 8
+    # a stream that wraps mid-step ends one epoch and starts the next in its own order
+    wrap = sum(step_rows(6, 0, 1, 8, 1, 50, 7), [])  # positions 48..55 of 50 rows
+    assert wrap == [48, 49, *epoch_order(50, 7, 1)[:6]]

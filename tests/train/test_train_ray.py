@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
@@ -58,6 +59,33 @@ def steps_of(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (Path(out) / "train/steps.jsonl").read_text().splitlines()]
 
 
+def attempts_of(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (Path(out) / "train/attempts.jsonl").read_text().splitlines()]
+
+
+def saved_weights(model_dir: str | Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    return {
+        k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()
+    }
+
+
+def initial_weights(cfg) -> dict:
+    """The tiny model every worker starts from (same config, same seed), rebuilt here."""
+    from transformers import AutoTokenizer
+
+    from agentflan.train.model import build_model, tiny_llama_config
+
+    m = cfg.train.model
+    tok = AutoTokenizer.from_pretrained(Path(cfg.output_dir) / "train/tokenizer")
+    config = tiny_llama_config(
+        len(tok), m.hidden_size, m.num_layers, m.num_heads, max(2048, cfg.train.seq_len),
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
+    )  # fmt: skip
+    return {k: v.detach().clone() for k, v in build_model(config=config, seed=cfg.seed).state_dict().items()}
+
+
 def mlflow_run(cfg, run_id: str):
     from agentflan.tracking import client
 
@@ -80,6 +108,8 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
     )
     assert last["loss"] < first["loss"]  # lr 1e-3 on a tiny model: it learns within 4 steps
     assert 0 < last["real_token_share"] <= 1 and last["tokens_per_s"] > 0
+    (attempt,) = attempts_of(cfg.output_dir)
+    assert attempt["world_size"] == 2 and attempt["params_on_rank0"] == attempt["params_total"]  # ZeRO-2
 
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     tok = AutoTokenizer.from_pretrained(summary["model_dir"])
@@ -101,7 +131,9 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
     for name in ("lr", "tokens_per_s", "real_token_share"):
         assert client(cfg).get_metric_history(summary["run_id"], name)
     artifacts = {a.path for a in client(cfg).list_artifacts(summary["run_id"])}
-    assert {"config.json", "manifest.json", "packing_stats.json"} <= artifacts
+    assert {"config.json", "manifest.json", "packing_stats.json", "plots"} <= artifacts
+    plots = {a.path: a.file_size for a in client(cfg).list_artifacts(summary["run_id"], "plots")}
+    assert plots.keys() == {"plots/loss.png", "plots/mixture.png"} and min(plots.values()) > 1000
     assert (Path(cfg.output_dir) / "mlartifacts").is_dir()  # beside the sqlite store, not in the CWD
 
 
@@ -182,6 +214,25 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, corpus_dir, tmp_path
     assert steps_of(cfg.output_dir) == list(range(1, 9))  # planned count, no step twice
     assert mlflow_run(cfg, summary["run_id"]).info.status == "FINISHED"
 
+    # The same run without the kill: same data order (the rows' token counts and losses step by step)
+    # and the same final weights.
+    (tmp_path / "plain").mkdir()
+    plain = fresh_run(
+        corpus_dir, tmp_path / "plain", shared_data, "train.max_steps=8", "train.max_failures=1"
+    )
+    plain_summary = run_train(plain)
+    resumed_log, plain_log = (
+        [json.loads(x) for x in (Path(c.output_dir) / "train/steps.jsonl").read_text().splitlines()]
+        for c in (cfg, plain)
+    )
+    assert [r["trained_tokens"] for r in resumed_log] == [r["trained_tokens"] for r in plain_log]
+    assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in plain_log], rel=1e-5)
+    resumed_w, plain_w = saved_weights(summary["model_dir"]), saved_weights(plain_summary["model_dir"])
+    for k in plain_w:
+        torch.testing.assert_close(
+            resumed_w[k], plain_w[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}"
+        )
+
 
 def test_crash_marks_the_mlflow_run_failed(ray_session, corpus_dir, tmp_path, shared_data):
     from agentflan.tracking import client
@@ -219,6 +270,12 @@ def test_zero3_with_gradient_checkpointing(ray_session, corpus_dir, tmp_path, sh
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     assert model.config.num_hidden_layers == cfg.train.model.num_layers
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty
+    # Partitioned while training: rank 0 held about half of the parameters (each padded to 2 partitions),
+    # and the export holds them all.
+    (attempt,) = attempts_of(cfg.output_dir)
+    total, held = attempt["params_total"], attempt["params_on_rank0"]
+    assert total == sum(p.numel() for p in model.parameters())
+    assert total / 2 <= held <= total / 2 + len(list(model.parameters()))
 
 
 def test_interrupted_job_resumes_without_redoing_the_corpus(
@@ -238,10 +295,10 @@ def test_interrupted_job_resumes_without_redoing_the_corpus(
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     killed: list[int] = []
     threading.Thread(target=_kill_a_worker_at, args=(out, 3, killed), daemon=True).start()
-    with pytest.raises(Exception):  # noqa: B017 - the dead worker group surfaces as Ray's error
-        main(args)
+    assert main(args) == 1  # the dead worker group: one line naming the failure and the log
     assert killed
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "agentflan: train failed:" in err and f"(full log: {out / 'logs/agentflan.log'})" in err
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "is current: skipping the data stage" in err
@@ -269,3 +326,56 @@ def test_lora_through_peft_saves_a_merged_model(ray_session, corpus_dir, tmp_pat
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     names = [n for n, _ in model.named_parameters()]
     assert names and not any("lora" in n for n in names)  # adapters merged into plain Llama weights
+    # Adapters were created and trained: merging them changed exactly the target modules, nothing else
+    # (LoRA's B starts at zero, so an untrained adapter would change nothing).
+    base, merged = initial_weights(cfg), saved_weights(summary["model_dir"])
+    assert base.keys() == merged.keys()
+    targets = tuple(f"{m}.weight" for m in cfg.train.model.lora.target_modules)
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed == {k for k in base if k.endswith(targets)}
+    assert len(changed) == len(targets) * cfg.train.model.num_layers
+
+
+_SINGLE_PROCESS = """
+import json, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+from agentflan.config import Config
+from agentflan.train.loop import train_single_process
+cfg = Config.model_validate(json.loads(sys.argv[1]))
+out = Path(cfg.output_dir)
+train_single_process(cfg, pq.read_table(out / "train/packed_train.parquet"), None, str(out / "train/tokenizer"), out)
+"""
+
+
+def test_two_workers_with_accumulation_step_like_one_process(ray_session, corpus_dir, tmp_path, shared_data):
+    """Gradient scaling: 2 workers x 2 accumulation steps of 1 row take the same optimizer steps as one
+    process over the same 4 rows (4 accumulation steps): same losses, same updated weights."""
+    import subprocess
+    import sys
+
+    from agentflan.train.recipe import run_train
+
+    extra = ("train.max_steps=2", "train.lr=1e-3", "train.micro_batch_size=1", "train.global_batch_size=4")
+    workers = fresh_run(corpus_dir, tmp_path / "w", shared_data, *extra)
+    summary = run_train(workers)
+    single = fresh_run(corpus_dir, tmp_path / "s", shared_data, *extra, "train.scaling.num_workers=1")
+    from agentflan.train.data import prepare
+
+    prepare(single)
+    assert single.train.grad_accum_steps == 4 and workers.train.grad_accum_steps == 2
+    proc = subprocess.run(
+        [sys.executable, "-c", _SINGLE_PROCESS, single.model_dump_json()], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = [
+        [json.loads(x) for x in (Path(c.output_dir) / "train/steps.jsonl").read_text().splitlines()]
+        for c in (workers, single)
+    ]
+    assert [r["trained_tokens"] for r in logs[0]] == [r["trained_tokens"] for r in logs[1]]
+    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-5)
+    a, b = saved_weights(summary["model_dir"]), saved_weights(Path(single.output_dir) / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    start = initial_weights(workers)
+    assert all(not torch.equal(a[k], start[k]) for k in a if k.endswith("proj.weight"))  # the steps did train

@@ -26,6 +26,15 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN.findall(text))
 
 
+def ratio_key(record: Record, ratios: dict[str, float]) -> str:
+    """The ratio a record is sampled by: its bucket's, or for a general chat its own source's when the ratios
+    name it (``{general: 1, sharegpt: 2}`` doubles ShareGPT among the general chats). Negatives and
+    format-following samples keep their bucket's ratio whatever source they were made from."""
+    if record.bucket == "general" and record.source in ratios:
+        return record.source
+    return record.bucket
+
+
 def split_of(record_id: str, seed: int, validation_fraction: float) -> str:
     return "validation" if unit(seed, "split", record_id) < validation_fraction else "train"
 
@@ -52,7 +61,7 @@ def mix_record(
         if isinstance(weighed, Drop):
             return weighed
         record = weighed
-    r = ratios.get(record.bucket, 1.0)
+    r = ratios.get(ratio_key(record, ratios), 1.0)
     k = math.floor(r) + (1 if unit(seed, "mixture", record.id) < r - math.floor(r) else 0)
     if k == 0:
         return Drop("sampled_out")

@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from agentflan.config import Config, InputSpec
+from agentflan.console import count
 from agentflan.data.mixture import TOKEN_COUNTER
 from agentflan.data.negatives import load_tool_pool_file
 from agentflan.data.passes import PASS_A_SCHEMA, PassB, _pass_a_task, _pass_b_task, pass_a_file
@@ -39,6 +40,10 @@ from agentflan.data.sink import PassSink
 DECOMPOSED_SHARD_ROWS = 4096
 TOOL_POOL_FILE = "tool_pool.json"
 Progress = Callable[[str], None]
+
+
+PASS_A = "data: read, filter, align, decompose"
+PASS_B = "data: format, negatives, mixture"
 
 
 class PipelineError(RuntimeError):
@@ -97,19 +102,22 @@ def _pass_a_sink(cfg: Config, out: Path) -> PassSink:
 def _pass_a_local(cfg: Config, files: list[InputFile], out: Path, progress: Progress) -> PassSink:
     sink_a = _pass_a_sink(cfg, out)
     for i, f in enumerate(files, 1):
-        progress(f"pass A: file {i}/{len(files)} {f.path}")
         for table in pass_a_file(f.__dict__, cfg):
             sink_a.consume(table)
+        count(progress, PASS_A, i, len(files), unit="files", records=sink_a.rows)
     sink_a.close()
     return sink_a
 
 
-def _pass_b_local(cfg: Config, shards: list[str], pool: list[str], out: Path) -> PassSink:
+def _pass_b_local(
+    cfg: Config, shards: list[str], pool: list[str], out: Path, progress: Progress = lambda s: None
+) -> PassSink:
     pass_b = PassB(cfg, pool)
     sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
-    for shard in shards:
+    for i, shard in enumerate(shards, 1):
         for table in pass_b.shard(shard):
             sink_b.consume(table)
+        count(progress, PASS_B, i, len(shards), unit="shards", records=sink_b.rows)
     sink_b.close()
     return sink_b
 
@@ -118,9 +126,8 @@ def _run_local(
     cfg: Config, files: list[InputFile], out: Path, progress: Progress
 ) -> tuple[PassSink, PassSink, list[str]]:
     sink_a = _pass_a_local(cfg, files, out, progress)
-    progress("pass B: choose format -> negatives -> mixture")
     pool = tool_pool(cfg, sink_a)
-    return sink_a, _pass_b_local(cfg, _shards(out / "decomposed"), pool, out), pool
+    return sink_a, _pass_b_local(cfg, _shards(out / "decomposed"), pool, out, progress), pool
 
 
 def _run_ray(
@@ -134,16 +141,17 @@ def _run_ray(
 
     d = cfg.data
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    progress("pass A: read -> filter -> format_following -> align -> decompose")
     sink_a = _pass_a_sink(cfg, out)
     ds = ray.data.from_items([f.__dict__ for f in files], override_num_blocks=len(files)).map_batches(
         _pass_a_task, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow"
     )
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    # One task per file returns one block (a block over Ray Data's target size is split: the count is
+    # capped at the number of files).
+    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None), 1):
         sink_a.consume(batch)
+        count(progress, PASS_A, min(i, len(files)), len(files), unit="files", records=sink_a.rows)
     sink_a.close()
 
-    progress("pass B: choose format -> negatives -> mixture")
     sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
     pool = tool_pool(cfg, sink_a)
     shards = _shards(out / "decomposed")
@@ -161,8 +169,9 @@ def _run_ray(
         ds = src.map_batches(
             _pass_b_task, fn_kwargs={"cfg": cfg, "tool_pool": pool}, batch_size=1, batch_format="pyarrow"
         )
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None), 1):
         sink_b.consume(batch)
+        count(progress, PASS_B, min(i, len(shards)), len(shards), unit="shards", records=sink_b.rows)
     sink_b.close()
     return sink_a, sink_b, pool
 
@@ -232,7 +241,7 @@ def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     progress(f"re-mixing the decomposed corpus of {base}")
-    sink_b = _pass_b_local(cfg, _shards(base / "decomposed"), pool, out)
+    sink_b = _pass_b_local(cfg, _shards(base / "decomposed"), pool, out, progress)
     pass_a = [s for s in base_manifest["stages"] if s["name"] not in sink_b.counts.stages]
     return _manifest(
         cfg,

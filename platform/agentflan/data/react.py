@@ -32,6 +32,8 @@ _BRACKET = re.compile(r"^([A-Za-z_][\w\-. ]{0,63}?)\s*\[(.*)\]$", re.S)
 _PAREN = re.compile(r"^([A-Za-z_][\w\-.]{0,63})\s*\((.*)\)$", re.S)
 _FENCE = re.compile(r"```[\w+-]*\n?(.*?)```", re.S)
 _FINISH_TOOLS = {"finish", "answer", "final answer", "final_answer"}
+# Where an action's arguments end: the next action, or an observation the model wrote itself.
+_NEXT_STEP = re.compile(r"^[ \t]*(?:action|act|observation)(?:[ \t]+\d+)?[ \t]*:", re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Step:
     arguments: str | None  # the raw argument text; JSON when the dialect uses JSON
     final_answer: str | None = None  # set when the action ends the episode with an answer
     gave_up: bool = False  # ToolBench's Finish(return_type="give_up_and_restart")
+    # Actions after the first in the same turn. A ReAct executor runs the first action and answers it with
+    # the next observation, so the step is the first action; the others are counted, never merged into it.
+    extra_actions: int = 0
 
     @property
     def is_final(self) -> bool:
@@ -97,6 +102,9 @@ def parse_step(text: str) -> Step | None:
         return Step(thought=thought, tool=None, arguments=None, final_answer=text[final.end() :].strip())
     thought = _strip_thought_label(text[: m.start()])
     after = text[m.end() :]
+    extra = len(_ACTION.findall(after))
+    if nxt := _NEXT_STEP.search(after):
+        after = after[: nxt.start()]
     if inp := _INPUT.search(after):
         tool, arguments = after[: inp.start()].strip(), after[inp.end() :].strip()
         tool = tool.split("\n", 1)[0].strip()
@@ -108,7 +116,14 @@ def parse_step(text: str) -> Step | None:
     if not tool:
         return None
     final, gave_up = _final_answer(tool, arguments, after)
-    return Step(thought=thought, tool=tool, arguments=arguments, final_answer=final, gave_up=gave_up)
+    return Step(
+        thought=thought,
+        tool=tool,
+        arguments=arguments,
+        final_answer=final,
+        gave_up=gave_up,
+        extra_actions=extra,
+    )
 
 
 def render_react(thought: str, tool: str, arguments: str | None) -> str:

@@ -16,15 +16,19 @@ case (d), where a call is the right answer:
 missed where one is. Reported as well, in no score: ``plain_call_rate``, the share of plain replies that
 hold a parseable call (a bare JSON call has no ReAct words and announces nothing, so H_Score misses it).
 A rate over zero samples is None, and so is any score built from it.
+
+Every number comes with its 95% interval (:mod:`agentflan.eval.stats`): Wilson for the rates, a stratified
+bootstrap over the replies for H_Score and the combined score.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from agentflan.eval.agent_h import CASES, PLAIN_CASES
 from agentflan.eval.sources import EvalSample
+from agentflan.eval.stats import Interval, bootstrap, wilson
 from agentflan.eval.tool_calls import Reply, parse_call
 from agentflan.markers import has_react_words, has_tool_phrases
 
@@ -68,20 +72,41 @@ class AgentHReport:
     missed_call_rate: float | None
     combined: float | None
     plain_call_rate: float | None
+    intervals: dict[str, Interval] = field(default_factory=dict)  # 95% interval of each score above
 
     def to_dict(self) -> dict:
-        """The scores, and per case its counts and rates."""
+        """The scores, their intervals, and per case its counts, rates and rate intervals."""
         out = asdict(self)
+        out["intervals"] = {k: v.to_dict() for k, v in self.intervals.items()}
         out["per_case"] = {
             case: {
                 **asdict(c),
                 "react_rate": _rate(c.react, c.n),
                 "general_rate": _rate(c.general, c.n),
                 "call_rate": _rate(c.calls, c.n),
+                "intervals": {
+                    "react_rate": wilson(c.react, c.n).to_dict(),
+                    "general_rate": wilson(c.general, c.n).to_dict(),
+                    "call_rate": wilson(c.calls, c.n).to_dict(),
+                },
             }
             for case, c in self.per_case.items()
         }
         return out
+
+
+def _h_score(plain: list[Judgement]) -> float | None:
+    if not plain:
+        return None
+    n = len(plain)
+    return ((1 - sum(j.react for j in plain) / n) + (1 - sum(j.general for j in plain) / n)) / 2
+
+
+def _combined(plain: list[Judgement], call: list[Judgement]) -> float | None:
+    h = _h_score(plain)
+    if h is None or not call:
+        return None
+    return (h + sum(j.call for j in call) / len(call)) / 2
 
 
 def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> AgentHReport:
@@ -110,6 +135,16 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
     h_score = None if h_react is None or h_general is None else ((1 - h_react) + (1 - h_general)) / 2
     missed = _rate(sum(c.n - c.calls for c in call), n_call)
     combined = None if h_score is None or missed is None else (h_score + (1 - missed)) / 2
+    plain_j = [j for c in PLAIN_CASES for j in judged[c]]
+    call_j = [j for c in CASES if c not in PLAIN_CASES for j in judged[c]]
+    intervals = {
+        "h_react": wilson(sum(j.react for j in plain_j), n_plain),
+        "h_general": wilson(sum(j.general for j in plain_j), n_plain),
+        "h_score": bootstrap([plain_j], lambda g: _h_score(list(g[0]))),  # type: ignore[arg-type]
+        "missed_call_rate": wilson(sum(not j.call for j in call_j), n_call),
+        "combined": bootstrap([plain_j, call_j], lambda g: _combined(list(g[0]), list(g[1]))),  # type: ignore[arg-type]
+        "plain_call_rate": wilson(sum(j.call for j in plain_j), n_plain),
+    }
     return AgentHReport(
         per_case=per_case,
         n_plain=n_plain,
@@ -120,4 +155,5 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
         missed_call_rate=missed,
         combined=combined,
         plain_call_rate=_rate(sum(c.calls for c in plain), n_plain),
+        intervals=intervals,
     )

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from agentflan.config import Config
+from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
 from agentflan.data.record import TRAINED_CAPABILITIES, Record
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
+from agentflan.eval.quality import degenerate_count, too_weak
 from agentflan.eval.sources import EvalSources, training_queries
+from agentflan.eval.stats import wilson
 from agentflan.eval.tool_calls import build_tool_use_set, score_tool_use
 
 
@@ -41,7 +44,15 @@ class _Generate:
         return {"id": list(batch["id"]), "reply": replies}
 
 
-def generate(cfg: Config, model_path: str, prompts: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+def generate(
+    cfg: Config,
+    model_path: str,
+    prompts: dict[str, list[dict[str, str]]],
+    on_reply: Callable[[int], None] = lambda n: None,
+) -> dict[str, str]:
+    """Greedy replies to every prompt, on a Ray Data actor pool. Prompts go in longest first, so a batch holds
+    prompts of similar length (less left padding) and the slowest batches start first; ``on_reply`` is
+    told how many replies have arrived (the console's progress bar)."""
     import ray
 
     from agentflan.ray_utils import ensure_ray
@@ -49,6 +60,7 @@ def generate(cfg: Config, model_path: str, prompts: dict[str, list[dict[str, str
     ensure_ray()
     e = cfg.eval
     items = [{"id": k, "messages": json.dumps(v)} for k, v in prompts.items()]
+    items.sort(key=lambda it: (-len(it["messages"]), it["id"]))
     ds = ray.data.from_items(items).map_batches(
         _Generate,
         fn_constructor_kwargs={
@@ -58,43 +70,82 @@ def generate(cfg: Config, model_path: str, prompts: dict[str, list[dict[str, str
             "use_gpu": e.use_gpu,
         },
         batch_size=e.batch_size,
-        concurrency=e.num_actors,
+        compute=ray.data.ActorPoolStrategy(size=e.num_actors),
         num_gpus=1 if e.use_gpu else 0,
         batch_format="numpy",
     )
-    return {row["id"]: row["reply"] for row in ds.take_all()}
+    replies = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        replies.update(zip(batch["id"].tolist(), batch["reply"].tolist(), strict=True))
+        on_reply(len(replies))
+    return replies
 
 
-def validation_loss(cfg: Config, model_path: str, records: list[Record]) -> dict[str, dict[str, float]]:
-    """Mean token loss of the model on the validation split, per capability of the trained turns."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agentflan.train.loss import weighted_token_loss
+def heldout_samples(cfg: Config, tokenizer, records: list[Record]) -> dict[str, list[Any]]:
+    """The validation records encoded once per capability: each sample trains only that capability's turns."""
     from agentflan.train.templates import encode_conversation
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     template = None if cfg.train.model.template == "model" else cfg.train.model.template
-    sums = {c: [0.0, 0] for c in TRAINED_CAPABILITIES}
+    out: dict[str, list[Any]] = {c: [] for c in TRAINED_CAPABILITIES}
     for rec in records:
-        for cap in {m.capability for m in rec.messages if m.role == "assistant"} & set(sums):
+        for cap in sorted({m.capability for m in rec.messages if m.role == "assistant"} & set(out)):
             msgs = [
                 {**m.to_dict(), "loss": m.role == "assistant" and m.capability == cap, "weight": 1.0}
                 for m in rec.messages
             ]
-            sample = encode_conversation(msgs, tok, template, max_length=cfg.train.seq_len)
-            if sample.n_trained == 0:
+            sample = encode_conversation(msgs, tokenizer, template, max_length=cfg.train.seq_len)
+            if sample.n_trained:
+                out[cap].append(sample)
+    return out
+
+
+def heldout_loss(
+    model_path: str, samples: dict[str, list[Any]], seq_len: int, batch_rows: int, device: str
+) -> dict[str, dict[str, float]]:
+    """Mean token loss per capability: each capability's samples packed into rows of ``seq_len`` and run a
+    batch of rows at a time through the training loss (bf16 on a GPU, float32 on a CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentflan.train.batches import PackedBatches
+    from agentflan.train.data import rows_table
+    from agentflan.train.loss import CausalLMWithLoss
+    from agentflan.train.packing import pack_samples
+
+    dev = torch.device(device)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
+    module = CausalLMWithLoss(model, "chunked" if dev.type == "cuda" else "full", 2048, "sdpa")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = {}
+    with torch.no_grad():
+        for cap, cap_samples in samples.items():
+            if not cap_samples:
                 continue
-            ids = torch.tensor([sample.input_ids])
-            with torch.no_grad():
-                logits = model(input_ids=ids, use_cache=False).logits
-            loss_sum, n = weighted_token_loss(
-                logits, torch.tensor([sample.labels]), torch.tensor([sample.weights])
-            )
-            sums[cap][0] += float(loss_sum)
-            sums[cap][1] += int(n)
-    return {c: {"loss": s / n, "tokens": n} for c, (s, n) in sums.items() if n}
+            rows, _ = pack_samples(cap_samples, seq_len, pad)
+            packed = PackedBatches(rows_table(rows, seed=0), pin=dev.type == "cuda")
+            total, count = 0.0, 0
+            for start in range(0, packed.n_rows, batch_rows):
+                batch = packed.batch(list(range(start, min(packed.n_rows, start + batch_rows)))).to(dev)
+                loss_sum, n = module(**batch.model_kwargs())
+                total, count = total + float(loss_sum), count + int(n)
+            out[cap] = {"loss": total / count, "tokens": count}
+    return out
+
+
+def validation_loss(cfg: Config, model_path: str, records: list[Record]) -> dict[str, dict[str, float]]:
+    """Mean token loss of the model on the validation split, per capability of the trained turns; on a GPU
+    Ray task with ``eval.use_gpu``."""
+    from transformers import AutoTokenizer
+
+    samples = heldout_samples(cfg, AutoTokenizer.from_pretrained(model_path), records)
+    args = (model_path, samples, cfg.train.seq_len, max(1, cfg.eval.batch_size // 4))
+    if not cfg.eval.use_gpu:
+        return heldout_loss(*args, device="cpu")
+    import ray
+
+    return ray.get(ray.remote(num_gpus=1)(heldout_loss).remote(*args, device="cuda"))
 
 
 def heldout_records(cfg: Config, corpus: list[Record]) -> list[Record]:
@@ -104,35 +155,74 @@ def heldout_records(cfg: Config, corpus: list[Record]) -> list[Record]:
     return [r for r in corpus if r.meta.get("split") == "validation"]
 
 
+def _interval_cell(iv: dict[str, Any] | None) -> str:
+    if not iv or iv.get("value") is None:
+        return "- | - | " + str((iv or {}).get("n", 0))
+    return f"{iv['value']:.3f} | [{iv['low']:.3f}, {iv['high']:.3f}] | {iv['n']}"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
+    """The report for people: every rate with its 95% interval and n, and a plain verdict on whether the
+    model says enough for Agent-H to mean anything."""
     h = report["agent_h"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [
-        f"# Evaluation of `{report['model']}`",
+    q = report["quality"]
+    lines = [f"# Evaluation of `{report['model']}`", ""]
+    if q["too_weak"]:
+        lines += [
+            f"> **The model is too weak for Agent-H to mean anything:** {q['degenerate']} of its {q['n']} replies "
+            f"({q['degenerate'] / q['n']:.0%}) are degenerate (empty, or one word or 3-gram repeated over half "
+            "the reply). A model that says nothing contains no ReAct words and announces no tool, so its "
+            "H_Score would be perfect for the wrong reason: no Agent-H verdict is given. Train longer or larger.",
+            "",
+        ]
+    lines += [
+        "## Replies",
+        "",
+        "| replies | degenerate | degenerate_reply_rate | 95% CI | n |",
+        "|---|---|---|---|---|",
+        f"| {q['n']} | {q['degenerate']} | {_interval_cell(q['degenerate_reply_rate'])} |",
         "",
         "## Agent-H (hallucination)",
         "",
-        "| H_ReAct | H_General | H_Score | missed-call rate (d) | combined |",
-        "|---|---|---|---|---|",
-        f"| {fmt(h['h_react'])} | {fmt(h['h_general'])} | {fmt(h['h_score'])} | {fmt(h['missed_call_rate'])} | "
-        f"{fmt(h['combined'])} |",
-        "",
-        "| case | n | ReAct words | tool phrases | calls |",
-        "|---|---|---|---|---|",
+        "| score | value | 95% CI | n |",
+        "|---|---|---|---|",
     ]
-    for case, c in sorted(h["per_case"].items()):
-        lines.append(
-            f"| {case} | {c.get('n', 0)} | {c.get('react', 0)} | {c.get('general', 0)} | {c.get('call', 0)} |"
-        )
-    t = report["tool_use"]["overall"]
+    names = {
+        "h_react": "H_ReAct",
+        "h_general": "H_General",
+        "h_score": "H_Score",
+        "missed_call_rate": "missed-call rate (d)",
+        "combined": "combined",
+        "plain_call_rate": "plain-call rate (a-c)",
+    }
+    for key, label in names.items():
+        iv = dict(h["intervals"].get(key, {}))
+        if q["too_weak"] and key in ("h_score", "combined"):
+            lines.append(f"| {label} | not scored: model too weak | - | {iv.get('n', 0)} |")
+        else:
+            lines.append(f"| {label} | {_interval_cell(iv)} |")
     lines += [
         "",
-        "## Tool use",
-        "",
-        "| n | retrieval | understanding exact | understanding F1 | instruction following |",
-        "|---|---|---|---|---|",
-        f"| {t['n']} | {fmt(t['retrieval'])} | {fmt(t['understanding_exact'])} | {fmt(t['understanding_f1'])} | "
-        f"{fmt(t['instruction_following'])} |",
+        "| case | n | ReAct words | rate [95% CI] | tool phrases | rate [95% CI] | calls | rate [95% CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case, c in sorted(h["per_case"].items()):
+        cells = []
+        for key, rate in (("react", "react_rate"), ("general", "general_rate"), ("calls", "call_rate")):
+            iv = c.get("intervals", {}).get(rate, {})
+            ci = "-" if iv.get("value") is None else f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}]"
+            cells += [str(c.get(key, 0)), ci]
+        lines.append(f"| {case} | {c.get('n', 0)} | " + " | ".join(cells) + " |")
+    t = report["tool_use"]["overall"]
+    lines += ["", "## Tool use", "", "| score | value | 95% CI | n |", "|---|---|---|---|"]
+    for key, label in (
+        ("retrieval", "retrieval (tool name)"),
+        ("understanding_exact", "understanding (arguments exact)"),
+        ("understanding_f1", "understanding (argument F1)"),
+        ("instruction_following", "instruction following (valid call)"),
+    ):
+        lines.append(f"| {label} | {_interval_cell(t['intervals'].get(key))} |")
+    lines += [
         "",
         "## Held-out loss per capability",
         "",
@@ -141,19 +231,30 @@ def markdown_report(report: dict[str, Any]) -> str:
     ]
     for cap, v in report["validation_loss"].items():
         lines.append(f"| {cap} | {v['loss']:.4f} | {v['tokens']} |")
+    if report.get("plots"):
+        lines += ["", "## Plots"]
+        for title, path in report["plots"].items():
+            lines += ["", f"![{title}]({path})"]
     return "\n".join(lines) + "\n"
 
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.* (None and NaN left out)."""
+    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.* and each rate's
+    interval as ``<name>.ci_low`` / ``.ci_high`` (None and NaN left out)."""
     sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
-    out = {
-        f"{name}.{k}": float(v)
-        for name, d in sections.items()
-        for k, v in d.items()
-        if isinstance(v, (int, float))
-    }
+    out: dict[str, float] = {}
+    for name, d in sections.items():
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{name}.{k}"] = float(v)
+        for k, iv in d.get("intervals", {}).items():
+            for end in ("low", "high"):
+                if iv.get(end) is not None:
+                    out[f"{name}.{k}.ci_{end}"] = float(iv[end])
     out.update({f"val_loss.{cap}": v["loss"] for cap, v in report["validation_loss"].items()})
+    q = report["quality"]
+    out["quality.degenerate_reply_rate"] = float(q["degenerate_reply_rate"]["value"] or 0.0)
+    out["quality.too_weak"] = float(q["too_weak"])
     return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
@@ -189,8 +290,12 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     tool_use.write(eval_dir)
     prompts = {s.id: s.messages for s in [*agent_h.samples, *tool_use.samples]}
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
-    replies = generate(cfg, model_path, prompts)
+    replies = generate(
+        cfg, model_path, prompts, lambda n: count(progress, "eval: generate", n, len(prompts), unit="replies")
+    )
     progress("eval: scoring")
+    every = list(replies.values())
+    degenerate = degenerate_count(every)
     report = {
         "model": model_path,
         "agent_h": score_agent_h(agent_h.samples, [replies[s.id] for s in agent_h.samples]).to_dict(),
@@ -200,7 +305,14 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         ),
         "tool_use_set": tool_use.manifest,
         "validation_loss": validation_loss(cfg, model_path, heldout_records(cfg, corpus)),
+        "quality": {
+            "n": len(every),
+            "degenerate": degenerate,
+            "degenerate_reply_rate": wilson(degenerate, len(every)).to_dict(),
+            "too_weak": too_weak(degenerate, len(every)),
+        },
     }
+    report["plots"] = _plots(report, out)
     (eval_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (eval_dir / "report.md").write_text(markdown_report(report))
     with (eval_dir / "replies.jsonl").open("w") as f:
@@ -219,5 +331,22 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     tracking.log_metrics(cfg, run_id, flat_metrics(report), step=0)
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.json"), "eval")
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.md"), "eval")
+    for rel in report["plots"].values():
+        tracking.client(cfg).log_artifact(run_id, str((eval_dir / rel).resolve()), "plots")
     report["mlflow_run_id"] = run_id
     return report
+
+
+def _plots(report: dict[str, Any], out: Path) -> dict[str, str]:
+    """Title -> path relative to ``eval/`` of each picture the report embeds: the held-out loss drawn now,
+    and the training run's loss curves and mixture when they are there."""
+    from agentflan import plots
+
+    made = {}
+    if report["validation_loss"]:
+        plots.heldout_loss(report["validation_loss"], out / "eval" / "plots" / "heldout_loss.png")
+        made["Held-out loss per capability"] = "plots/heldout_loss.png"
+    for title, name in (("Training and validation loss", "loss.png"), ("Mixture", "mixture.png")):
+        if (out / "train" / "plots" / name).exists():
+            made[title] = f"../train/plots/{name}"
+    return made

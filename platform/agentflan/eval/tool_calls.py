@@ -45,6 +45,7 @@ from agentflan.eval.sources import (
     read_teval,
     read_toolbench_eval,
 )
+from agentflan.eval.stats import bootstrap, wilson
 
 CallFormat = Literal["chat", "react", "json"]
 CALL_FORMATS: tuple[str, ...] = get_args(CallFormat)
@@ -69,6 +70,7 @@ _BARE_NAME = re.compile(r"^\w[\w.\-]*$")  # ToolBench names may start with a dig
 _REFUSALS = {"none", "no", "n/a", "null", "nothing", "no tool"}  # a tool turn that declines to name one
 _THOUGHT_LINE = re.compile(r"^\s*Thought\s*:", re.I)
 _INPUT_LINE = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:", re.I | re.M)
+_OBSERVATION_LINE = re.compile(r"^[ \t]*Observation(?:[ \t]+\d+)?[ \t]*:", re.I | re.M)
 _JSON_CALL_KEYS = {"thought", "name", "arguments"}
 _JSON_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
 _JSON_ARGS = re.compile(r'"arguments"\s*:\s*(.*?)[\s`]*$', re.S)  # the rest, less a closing fence
@@ -139,6 +141,10 @@ def _from_react(text: str) -> ToolCall | None:
     if step.is_final or not step.tool:
         return ToolCall(None, None, "react", False, "a final answer, not a call")
     arguments, error = _decode_arguments(step.arguments)
+    if _OBSERVATION_LINE.search(text):
+        error = "an 'Observation:' the model wrote itself"
+    if step.extra_actions:
+        error = f"{step.extra_actions + 1} actions in one reply"
     if not _INPUT_LINE.search(text):
         error = "no 'Action Input:' line"
     if not _THOUGHT_LINE.match(text):
@@ -281,6 +287,7 @@ class ToolUseScores:
     understanding_exact: float | None  # argument exact match
     understanding_f1: float | None  # mean argument F1
     instruction_following: float | None  # share of replies with a valid call
+    intervals: dict[str, dict[str, Any]]  # 95%: Wilson for the rates, bootstrap for the mean F1
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -289,13 +296,22 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _scores(pairs: Sequence[tuple[ReferenceCall, ToolCall]]) -> ToolUseScores:
     args = [score_arguments(c.arguments, r.arguments) for r, c in pairs if r.arguments is not None]
+    names = [name_correct(c, r) for r, c in pairs]
+    valid = [c.valid for _, c in pairs]
+    f1 = [a.f1 for a in args]
     return ToolUseScores(
         n=len(pairs),
         n_arguments=len(args),
-        retrieval=_mean([float(name_correct(c, r)) for r, c in pairs]),
+        retrieval=_mean([float(x) for x in names]),
         understanding_exact=_mean([float(a.exact) for a in args]),
-        understanding_f1=_mean([a.f1 for a in args]),
-        instruction_following=_mean([float(c.valid) for _, c in pairs]),
+        understanding_f1=_mean(f1),
+        instruction_following=_mean([float(x) for x in valid]),
+        intervals={
+            "retrieval": wilson(sum(names), len(names)).to_dict(),
+            "understanding_exact": wilson(sum(a.exact for a in args), len(args)).to_dict(),
+            "understanding_f1": bootstrap([f1], lambda g: _mean(list(g[0]))).to_dict(),  # type: ignore[arg-type]
+            "instruction_following": wilson(sum(valid), len(valid)).to_dict(),
+        },
     )
 
 

@@ -2,11 +2,13 @@
 
 Tokenization and packing happen once, in the dataset (as OpenRLHF does), so the training loop only reads
 rows. The rows are shuffled with the seed and stored as one Arrow table; a worker finds the rows of optimizer
-step ``s`` by arithmetic (:func:`step_rows`), which makes the data position of a checkpoint just its step.
+step ``s`` by arithmetic (:func:`step_rows`, each epoch in a fresh seeded order), which makes the data
+position of a checkpoint just its step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -160,15 +162,33 @@ def prepare(cfg: Config) -> PackedData:
     return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)
 
 
-def step_rows(step: int, rank: int, world: int, micro: int, accum: int, n_rows: int) -> list[list[int]]:
+def step_rows(
+    step: int, rank: int, world: int, micro: int, accum: int, n_rows: int, seed: int = 0
+) -> list[list[int]]:
     """Row indices of each micro-batch of ``rank`` in optimizer step ``step`` (0-based).
 
-    A step takes the next ``global = micro * world * accum`` rows of the shuffled table, wrapping around at
-    the end (so an epoch is ``ceil(n_rows / global)`` steps and a corpus smaller than one batch still trains).
+    A step takes the next ``global = micro * world * accum`` positions of the data stream: position ``p`` is
+    row ``epoch_order(p // n_rows)[p % n_rows]``. The first epoch reads the table in its (seed-shuffled)
+    order, every later epoch in a fresh seeded permutation, so a second epoch reshuffles, and the stream
+    wraps across epochs (a corpus smaller than one batch still trains). The data position of a step is a
+    function of the step alone: resuming at step ``s`` reads exactly what an uninterrupted run would.
     """
     base = step * micro * world * accum
     out = []
     for a in range(accum):
         start = base + (a * world + rank) * micro
-        out.append([(start + i) % n_rows for i in range(micro)])
+        out.append([_row_at(start + i, n_rows, seed) for i in range(micro)])
     return out
+
+
+def _row_at(position: int, n_rows: int, seed: int) -> int:
+    epoch, i = divmod(position, n_rows)
+    return i if epoch == 0 else epoch_order(n_rows, seed, epoch)[i]
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The row order of ``epoch`` (> 0): a permutation seeded by the run's seed and the epoch."""
+    order = list(range(n_rows))
+    random.Random(f"{seed}:epoch:{epoch}").shuffle(order)
+    return tuple(order)

@@ -110,6 +110,8 @@ class TrainState:
     steps: int
     attn_implementation: str
     loss: str
+    params_total: int = 0  # the model's parameters
+    params_local: int = 0  # the ones this rank holds (about params_total / world under ZeRO-3)
     start_step: int = 0
     prefetcher: Prefetcher | None = None
     keep: list[Any] = field(default_factory=list)  # objects that must outlive setup (HfDeepSpeedConfig)
@@ -170,6 +172,7 @@ def setup(
         lr_scheduler=lambda opt: transformers.get_cosine_schedule_with_warmup(opt, warmup, steps),
         config=ds_config,
     )
+    params_total, params_local = parameter_counts(engine.module)
     return TrainState(
         cfg=cfg,
         engine=engine,
@@ -182,8 +185,20 @@ def setup(
         steps=steps,
         attn_implementation=attn,
         loss=loss,
+        params_total=params_total,
+        params_local=params_local,
         keep=keep,
     )
+
+
+def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, the ones held on this rank): under ZeRO-3 a parameter keeps only its partition
+    (``ds_tensor``) between uses, and ``ds_numel`` is its full size."""
+    total = local = 0
+    for p in module.parameters():
+        total += getattr(p, "ds_numel", p.numel())
+        local += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+    return total, local
 
 
 def _model(cfg: Config, tokenizer_dir: str, dtype: torch.dtype, attn: str, device: torch.device):
@@ -229,7 +244,13 @@ def _micro_batch_plan(state: TrainState):
     t = state.cfg.train
     for step in range(state.start_step, state.steps):
         yield from step_rows(
-            step, state.rank, state.world, t.micro_batch_size, t.grad_accum_steps, state.rows.n_rows
+            step,
+            state.rank,
+            state.world,
+            t.micro_batch_size,
+            t.grad_accum_steps,
+            state.rows.n_rows,
+            state.cfg.seed,
         )
 
 
@@ -240,7 +261,9 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         state.prefetcher = Prefetcher(state.rows, _micro_batch_plan(state), state.device)
     engine, world, device = state.engine, state.world, state.device
     t0 = time.perf_counter()
-    every = step_rows(step, 0, 1, t.micro_batch_size * world, t.grad_accum_steps, state.rows.n_rows)
+    every = step_rows(
+        step, 0, 1, t.micro_batch_size * world, t.grad_accum_steps, state.rows.n_rows, state.cfg.seed
+    )
     global_tokens = max(1, state.rows.trained_tokens([i for mb in every for i in mb]))
     loss_total = torch.zeros((), device=device)
     real = slots = 0
@@ -360,10 +383,21 @@ def _log_step(cfg: Config, metrics: dict[str, Any], log_path: Path, run_id: str 
         log_metrics(cfg, run_id, {k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
 
 
-def _start_log(log_path: Path, start: int, world: int) -> None:
-    _truncate_log(log_path, start)  # steps after the checkpoint will be trained again: drop their lines
+def _start_log(log_path: Path, state: TrainState) -> None:
+    """Rank 0: drop the log lines after the resume step, and record the attempt (where it started, the world,
+    how many parameters rank 0 holds: about 1/world of them under ZeRO-3)."""
+    _truncate_log(log_path, state.start_step)  # steps after the checkpoint will be trained again
+    attempt = {
+        "start_step": state.start_step,
+        "world_size": state.world,
+        "params_total": state.params_total,
+        "params_on_rank0": state.params_local,
+        "attn_implementation": state.attn_implementation,
+        "loss": state.loss,
+        "time": time.time(),
+    }
     with (log_path.parent / "attempts.jsonl").open("a") as f:
-        f.write(json.dumps({"start_step": start, "world_size": world, "time": time.time()}) + "\n")
+        f.write(json.dumps(attempt) + "\n")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -391,7 +425,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             load_checkpoint(state, d)
     log_path = Path(config["steps_log"])
     if rank == 0:
-        _start_log(log_path, state.start_step, world)
+        _start_log(log_path, state)
 
     for step in range(state.start_step, state.steps):
         metrics = train_step(state, step)
@@ -432,7 +466,7 @@ def train_single_process(
         deepspeed.init_distributed(dist_backend="nccl" if cfg.train.scaling.use_gpu else "gloo")
     state = setup(cfg, rows, val_rows, tokenizer_dir, rank=0, world=1, local_rank=0)
     log_path = output_dir / "train" / "steps.jsonl"
-    _start_log(log_path, 0, 1)
+    _start_log(log_path, state)
     logged = []
     for step in range(state.steps):
         metrics = train_step(state, step)

@@ -11,12 +11,15 @@ that die mid-run are restarted from the last checkpoint up to ``train.max_failur
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from agentflan.config import Config
+from agentflan.console import count
 from agentflan.train.data import prepare
 
 
@@ -47,7 +50,7 @@ def run_train(
 
     from agentflan import tracking
     from agentflan.ray_utils import ensure_ray
-    from agentflan.train.loop import train_loop_per_worker
+    from agentflan.train.loop import total_steps, train_loop_per_worker
 
     out = Path(cfg.output_dir).resolve()
     t = cfg.train
@@ -88,14 +91,19 @@ def run_train(
             callbacks=callbacks,
         ),
     )
-    progress(f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {rows.num_rows} rows")
-    with tracking.run_status(cfg, run_id):
+    steps_total = total_steps(cfg, rows.num_rows)
+    progress(
+        f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {rows.num_rows} rows of "
+        f"{t.seq_len}, {steps_total} steps"
+    )
+    with tracking.run_status(cfg, run_id), _watch_steps(steps_log, steps_total, progress):
         result = trainer.fit()
         if result.error:
             raise result.error
         tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
         tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
     steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
+    _log_plots(cfg, run_id, steps_log, manifest)
     summary = {
         "run_id": run_id,
         "model_dir": str(model_dir),
@@ -105,3 +113,51 @@ def run_train(
     }
     (out / "train" / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _log_plots(cfg: Config, run_id: str, steps_log: Path, manifest: Path) -> None:
+    """Loss curves and the mixture's composition, as PNGs in ``train/plots`` and in the MLflow run."""
+    from agentflan import plots, tracking
+
+    out = Path(cfg.output_dir) / "train" / "plots"
+    made = []
+    if steps_log.exists() and steps_log.read_text().strip():
+        made.append(plots.loss_curves(steps_log, out / "loss.png"))
+    if manifest.exists():
+        made.append(plots.mixture_composition(json.loads(manifest.read_text()), out / "mixture.png"))
+    for path in made:
+        tracking.client(cfg).log_artifact(run_id, str(path), "plots")
+
+
+@contextlib.contextmanager
+def _watch_steps(steps_log: Path, total: int, progress: Callable[[str], None]) -> Iterator[None]:
+    """Move the console's training bar from the steps log rank 0 writes (the driver sees no worker)."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while True:
+            last = _last_step(steps_log)
+            if last:
+                info = {
+                    "loss": last["loss"],
+                    **({"val_loss": last["val_loss"]} if "val_loss" in last else {}),
+                }
+                count(progress, "train", last["step"], total, unit="steps", **info)
+            if stop.wait(1.0):
+                return
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _last_step(steps_log: Path) -> dict[str, Any] | None:
+    try:
+        lines = [line for line in steps_log.read_text().splitlines() if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None

@@ -2,7 +2,7 @@
 
 The paper-style table has one row per *arm* (a trial's parameter values except ``seed``) and, per metric
 column, the mean and spread over the arm's seeds: ``0.912 ± 0.031 (3)`` is mean ± sample standard
-deviation over 3 trials. Trials ASHA stopped early have no evaluation; they are listed in the trial table
+deviation over 3 trials, followed by the 95% t-interval of the mean. Trials ASHA stopped early have no evaluation; they are listed in the trial table
 and left out of the arm means of evaluation metrics.
 """
 
@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from agentflan.eval.stats import t_interval
 from agentflan.tune.space import SearchSpace, arm_label
 
 COMPLETED, STOPPED, ERROR = "completed", "stopped early", "error"
@@ -61,11 +62,14 @@ def trials_markdown(rows: list[dict[str, Any]], space: SearchSpace) -> str:
 
 
 def mean_spread(values: list[float]) -> str:
+    """``mean ± sd [95% t-interval of the mean] (trials)``; the interval needs two trials or more."""
     if not values:
         return "-"
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {spread:.3f} ({len(values)})"
+    interval = t_interval(values)
+    ci = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+    return f"{mean:.3f} ± {spread:.3f}{ci} ({len(values)})"
 
 
 def arms(rows: list[dict[str, Any]], space: SearchSpace) -> dict[tuple[str, ...], list[dict[str, Any]]]:
@@ -98,7 +102,10 @@ def paper_table(rows: list[dict[str, Any]], space: SearchSpace) -> str:
         ]
         body.append([*(arm or ("all",)), *cells])
     title = f"### {space.report.title or space.name}\n\n" if space.report.title or space.name else ""
-    note = "\n\nmean ± sample standard deviation (trials) over seeds."
+    note = (
+        "\n\nmean ± sample standard deviation [95% t-interval of the mean] (trials) over seeds; with few "
+        "seeds the interval is wide: compare arms by it, not by the means."
+    )
     return title + markdown([*keys, *columns.values()], body) + note
 
 

@@ -56,9 +56,10 @@ TUNABLE = re.compile(
 _RELATIVE = re.compile(r"^x(\d+(?:\.\d*)?|\.\d+)$")
 # Metrics a trial reports: training's, then the evaluation report's.
 METRIC = re.compile(
-    r"^(val_loss|loss|step|trial_seconds|val_loss\.\w+|agent_h\.(h_react|h_general|h_score|missed_call_rate"
-    r"|combined|plain_call_rate)|tool_use\.(n|retrieval|understanding_exact|understanding_f1"
-    r"|instruction_following))$"
+    r"^(val_loss|loss|step|trial_seconds|val_loss\.\w+|quality\.degenerate_reply_rate"
+    r"|(agent_h\.(h_react|h_general|h_score|missed_call_rate|combined|plain_call_rate)"
+    r"|tool_use\.(retrieval|understanding_exact|understanding_f1|instruction_following))(\.ci_(low|high))?"
+    r"|tool_use\.n)$"
 )
 
 

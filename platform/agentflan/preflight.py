@@ -1,0 +1,149 @@
+"""Checks that run before any work (before Ray starts), so a mistake costs a second and one line, not a
+traceback after minutes: the inputs exist, mixture ratios name real buckets, model and tokenizer paths
+resolve, and no other job is writing the same output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from agentflan.config import Config
+
+# A hub repo id: "name" or "owner/name" made of word characters, dots and dashes, not a path on disk.
+_HUB_ID = re.compile(r"^[\w][\w.-]*(/[\w][\w.-]*)?$")
+FIXED_BUCKETS = ("general", "negatives", "format_following")
+LOCK_FILE = ".agentflan.lock"
+
+
+class PreflightError(ValueError):
+    """What is wrong, in one line naming the key, file or path."""
+
+
+def check_mixture_keys(cfg: Config, sources: list[str]) -> None:
+    """Every key of ``data.mixture.ratios`` is a bucket (``general``, ``negatives``, ``format_following``, an
+    agent source) or the source name of an input; a typo would otherwise silently change nothing."""
+    known = set(FIXED_BUCKETS) | set(sources)
+    unknown = sorted(k for k in cfg.data.mixture.ratios if k not in known)
+    if unknown:
+        raise PreflightError(
+            f"data.mixture.ratios: {', '.join(map(repr, unknown))} is not a bucket or source name "
+            f"(buckets: {', '.join(FIXED_BUCKETS)}; sources: {', '.join(sorted(set(sources)))})"
+        )
+
+
+def check_model_path(key: str, value: str | None) -> None:
+    """A local path must exist; a hub id must be in the local cache or reachable."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        return
+    if value.startswith((".", "/", "~")) or not _HUB_ID.match(value):
+        raise PreflightError(f"{key}: no such file or directory: {value}")
+    if _in_hub_cache(value):
+        return
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(value, timeout=10)
+    except Exception as e:  # offline, unknown repo, gated: all mean this run cannot load it
+        why = type(e).__name__
+        raise PreflightError(
+            f"{key}: {value!r} is not a local path and the Hugging Face hub cannot serve it ({why}); "
+            "download it first or give a local path"
+        ) from None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "tokenizer_config.json"), str
+        )
+    except Exception:
+        return False
+
+
+def check_models(cfg: Config, command: str) -> None:
+    """The model paths the command will load."""
+    m = cfg.train.model
+    if command in ("train", "run", "tune"):
+        check_model_path("train.model.name_or_path", m.name_or_path)
+        check_model_path("train.model.tokenizer", m.tokenizer)
+    if command in ("data", "train", "run", "tune") and cfg.data.negatives.responder.kind == "hf":
+        check_model_path("data.negatives.responder.model", cfg.data.negatives.responder.model)
+    if command == "eval" and cfg.eval.model:
+        check_model_path("model", cfg.eval.model)
+
+
+def preflight(cfg: Config, command: str) -> None:
+    """Everything checkable without starting work; raises :class:`PreflightError`."""
+    from agentflan.data.pipeline import PipelineError, resolve_inputs
+
+    if command in ("data", "train", "run", "tune"):
+        try:
+            files = resolve_inputs(cfg.data.inputs)
+        except PipelineError as e:
+            raise PreflightError(str(e)) from None
+        check_mixture_keys(cfg, [f.source for f in files])
+    check_models(cfg, command)
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str | Path) -> Iterator[Path]:
+    """Hold ``<output_dir>/.agentflan.lock`` (pid, host, start time) while a job writes there.
+
+    A second job on the same directory is refused, naming the holder; a lock whose process is gone (a
+    killed job) is taken over. Created atomically (``O_EXCL``), removed on exit."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    owner = {"pid": os.getpid(), "host": os.uname().nodename, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder and _alive(holder) and holder.get("pid") != os.getpid():
+                raise PreflightError(
+                    f"output_dir {out} is in use by another agentflan job (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, since {holder.get('started')}); wait for it or use another "
+                    f"output_dir (remove {lock} if that job is gone)"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        break
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock).get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(holder: dict) -> bool:
+    """The holder runs (on this host; a lock from another host is trusted as held)."""
+    if holder.get("host") != os.uname().nodename:
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
