@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--output-dir", type=Path, help="the run's output_dir (its corpus is excluded from eval)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (an eval actor gets 1 CPU)")
+    ap.add_argument("--limit", type=int, help="only the first N prompts (a quick check)")
     args = ap.parse_args()
 
     import torch
@@ -42,7 +43,7 @@ def main() -> None:
                             max_hotpot=e.max_hotpot, output_format=e.output_format)  # fmt: skip
     tool_use = build_tool_use_set(sources, cfg.seed, exclude_queries=exclude,
                                   max_per_source=e.max_tool_use_per_source, output_format=e.output_format)  # fmt: skip
-    prompts = [s.messages for s in [*agent_h.samples, *tool_use.samples]]
+    prompts = [s.messages for s in [*agent_h.samples, *tool_use.samples]][: args.limit]
 
     gen = ChatGenerator(str(args.model), e.max_new_tokens, e.batch_size, "cpu")
     results = {}

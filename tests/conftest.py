@@ -8,6 +8,7 @@ The slow tests carry the ``ray`` marker: every test that uses the Ray instance g
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,3 +39,93 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+
+
+def _sample_texts() -> list[str]:
+    """Message texts of the bundled sample corpus (FastChat chats and AgentInstruct trajectories)."""
+    import agentflan
+
+    data = Path(agentflan.__file__).parent / "sample_data"
+    chats = json.loads((data / "general/fastchat_dummy_conversation.json").read_text())
+    agent = json.loads((data / "agentinstruct/mixed_sample_200.messages.json").read_text())[:20]
+    return [t["value"] for c in chats for t in c["conversations"]] + [
+        m["content"] for r in agent for m in r["messages"]
+    ]
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_dir(tmp_path_factory) -> Path:
+    """A Llama-2-style tokenizer: SentencePiece BPE, byte fallback, dummy prefix, <unk>/<s>/</s> = 0/1/2, saved
+    as tokenizer.model with a LlamaTokenizer config, as meta-llama/Llama-2-7b-hf lays it out (nothing
+    downloaded: trained here on the sample corpus with the sentencepiece library)."""
+    import io
+
+    import sentencepiece as spm
+
+    out = tmp_path_factory.mktemp("llama2_tokenizer")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_sample_texts()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=1200,
+        byte_fallback=True,
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": None,
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 4096,
+            }
+        )
+    )
+    (out / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama2_checkpoint(tmp_path_factory, sentencepiece_dir) -> Path:
+    """A small Llama checkpoint on disk with the Llama-2-style SentencePiece tokenizer, laid out as a hub model
+    is (config.json, model.safetensors, generation_config.json, tokenizer.model, tokenizer_config.json): what a
+    user's ``train.model.name_or_path`` points at, shrunk (hidden 64, 2 layers, untied like Llama-2)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    out = tmp_path_factory.mktemp("llama2_tiny")
+    for f in sentencepiece_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    tok = AutoTokenizer.from_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out

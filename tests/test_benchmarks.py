@@ -72,3 +72,19 @@ def test_tune_asha_benchmark_config_is_valid():
     """The full benchmark runs 8 trials (minutes): here only its config and space are checked."""
     out = run("tune_asha.py", "--validate-only")
     assert "ASHA: 2 params, scheduler asha: valid" in out and "scheduler none: valid" in out
+
+
+@pytest.mark.ray  # slow: two Ray Train fits in a subprocess
+def test_model_memory_benchmark_small(tmp_path):
+    out = run(
+        "model_memory.py", "--hidden", "128", "--layers", "2", "--stages", "3", "--workdir", str(tmp_path / "m"),
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == 2 and all("| 50% |" in r for r in rows)  # ZeRO-3: each rank holds half
+
+
+@pytest.mark.ray  # slow: generation twice
+def test_eval_generation_benchmark_on_a_checkpoint(llama2_checkpoint):
+    out = run("eval_generation.py", str(llama2_checkpoint), "--limit", "8")
+    assert "| off |" in out and "| on |" in out
+    assert "same greedy replies with and without the cache: True" in out

@@ -5,6 +5,7 @@
     agentflan eval SPEC.yaml [model=PATH] [key=value ...]   Agent-H, tool use, held-out loss
     agentflan run SPEC.yaml [key=value ...]      the whole job: corpus -> train -> eval
     agentflan tune SPEC.yaml SPACE.yaml [key=value ...]   a Ray Tune study (tune_spaces/), e.g. an ablation
+    agentflan bfcl DATA_DIR REPLIES.jsonl          score any model's replies the way BFCL does
 
 A bad spec, input, path or ratio key is reported in one line before any work starts (exit code 2). While a
 command runs, the console shows a progress bar per stage and the summary tables; every library's output goes
@@ -165,6 +166,50 @@ def cmd_tune(cfg: Config, console: Console, space_path: str) -> int:
     return 0
 
 
+def cmd_bfcl(data_dir: str, replies_path: str, categories: list[str] | None) -> int:
+    """Score a replies file against a BFCL data folder: a table per category on stdout, a verdict per reply in
+    ``<replies>.verdicts.jsonl`` beside it. Needs no spec, no Ray: it runs anywhere."""
+    import json
+
+    from agentflan.eval import bfcl
+
+    path = Path(replies_path)
+    try:
+        replies = bfcl.read_replies(path)
+        known = bfcl.categories(data_dir)
+        if not known:
+            raise bfcl.BfclError(f"{data_dir}: no BFCL_v*_<category>.json files")
+        if unknown := sorted(set(categories or []) - set(known)):
+            raise bfcl.BfclError(f"--categories: {', '.join(unknown)} not in {data_dir}")
+        verdicts = bfcl.score_replies(data_dir, replies, categories)
+    except (bfcl.BfclError, OSError) as e:
+        print(f"agentflan: {e}", file=sys.stderr)
+        return 2
+    out = path.with_name(path.name.removesuffix(".jsonl") + ".verdicts.jsonl")
+    with out.open("w") as f:
+        for v in verdicts:
+            f.write(
+                json.dumps({"id": v.id, "category": v.category, "valid": v.valid, "error": v.error}) + "\n"
+            )
+    summary = bfcl.summarize(verdicts)
+    questions = bfcl.question_counts(data_dir, categories)
+    rows = [
+        [c, f"{s['value']:.3f}" if s["value"] is not None else "-",
+         f"[{s['low']:.3f}, {s['high']:.3f}]" if s["value"] is not None else "-", s["n"],
+         questions.get(c, sum(questions.values()) if c == "overall" else 0)]
+        for c, s in summary.items()
+    ]  # fmt: skip
+    print(format_table(["category", "accuracy", "95% CI", "scored", "questions"], rows))
+    unmatched = len(replies) - len(verdicts)
+    skipped = sorted(c for c in known if not bfcl.scorable(c) and (not categories or c in categories))
+    if unmatched:
+        print(f"{unmatched} replies matched no question of a scored category", file=sys.stderr)
+    if skipped:
+        print(f"not scored (multi-turn, agentic, Java, JavaScript): {', '.join(skipped)}", file=sys.stderr)
+    print(f"verdicts: {out}")
+    return 0
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "run": cmd_run}
 
 
@@ -190,7 +235,17 @@ def main(argv: list[str] | None = None) -> int:
             metavar="key=value",
             help="config overrides, e.g. seed=1 data.engine=local",
         )
+    bfcl = sub.add_parser(
+        "bfcl", help="score any model's replies on BFCL questions (BFCL's AST checker rules)"
+    )
+    bfcl.add_argument("data_dir", help="folder with BFCL_v4_<category>.json and possible_answer/")
+    bfcl.add_argument(
+        "replies", help='JSON lines {"id", "reply"}: the raw text, or a list of OpenAI tool_calls'
+    )
+    bfcl.add_argument("--categories", nargs="*", help="only these categories (default: every scorable one)")
     args = parser.parse_args(argv)
+    if args.command == "bfcl":
+        return cmd_bfcl(args.data_dir, args.replies, args.categories)
     # `agentflan eval SPEC model=PATH`: the model to evaluate is eval.model
     overrides = [f"eval.{o}" if o.startswith("model=") else o for o in args.overrides]
     try:

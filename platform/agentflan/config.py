@@ -294,8 +294,26 @@ class TrainConfig(_Strict):
         return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
 
 
+class BfclConfig(_Strict):
+    """BFCL categories scored in ``agentflan eval`` (agentflan.eval.bfcl): the model answers each question with
+    its functions offered, and its calls are checked by BFCL's AST rules."""
+
+    data_dir: str | None = Field(
+        None, description="Folder with BFCL_v4_<category>.json and possible_answer/ (null: no BFCL scoring)."
+    )
+    categories: list[str] | None = Field(
+        None, description="Categories to score (default: every scorable one)."
+    )
+    max_per_category: int | None = Field(None, gt=0, description="Questions per category (the first N).")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        return v if v is None or "://" in v else str(Path(v).expanduser().resolve())
+
+
 class EvalConfig(_Strict):
-    """Agent-H and tool-use evaluation (``agentflan eval``)."""
+    """Agent-H, tool-use and BFCL evaluation (``agentflan eval``)."""
 
     model: str | None = Field(None, description="Model to evaluate; default <output_dir>/model.")
     data_dir: str = Field(
@@ -314,6 +332,7 @@ class EvalConfig(_Strict):
     batch_size: int = Field(8, gt=0)
     num_actors: int = Field(1, gt=0, description="Ray Data generation actors (one GPU each when use_gpu).")
     use_gpu: bool = False
+    bfcl: BfclConfig = BfclConfig()
 
     @field_validator("data_dir")
     @classmethod

@@ -14,6 +14,8 @@ from agentflan.eval.quality import is_degenerate
 from agentflan.eval.stats import wilson
 from agentflan.markers import has_react_words, has_tool_phrases
 
+SAMPLE_BFCL = "platform/agentflan/sample_data/eval/bfcl"
+
 
 def _one_by_one_loss(cfg, model_path, records, heldout_samples):
     """The held-out loss the simple way: every (record, capability) sample alone through the model."""
@@ -70,6 +72,7 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
         "eval.max_hotpot=2",
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
+        "eval.bfcl.max_per_category=2",
     ]
     assert main(args) == 0
     report = json.loads((out / "eval/report.json").read_text())
@@ -82,7 +85,17 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
         json.loads(x)["id"]: json.loads(x)["reply"]
         for x in (out / "eval/replies.jsonl").read_text().splitlines()
     }
-    assert len(replies) == 2 + 2 + 4 + 4 + 4
+    assert len(replies) == 2 + 2 + 4 + 4 + 4 + 5 * 2  # Agent-H, tool use, BFCL (5 categories x 2)
+    # BFCL: each reply judged by the BFCL rules, per category in the report, the MLflow run and report.md
+    from agentflan.eval import bfcl
+
+    b = report["bfcl"]
+    assert {v["category"] for v in b["verdicts"]} == set(b["summary"]) - {"overall"} and b["summary"][
+        "overall"
+    ]["n"] == 10
+    for v in b["verdicts"]:
+        category, question, answers, _ = bfcl.prompts(SAMPLE_BFCL, None, 2, "react")[v["id"]]
+        assert bfcl.judge(category, question, answers, replies[f"bfcl/{v['id']}"]).valid == v["valid"]
 
     # The numbers, recomputed here from the replies on disk: Agent-H rates and the degenerate count...
     cases = {r["id"]: r["case"] for r in pq.read_table(out / "eval/agent_h.parquet").to_pylist()}
@@ -93,7 +106,7 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     assert h["h_general"] == sum(has_tool_phrases(r) for r in plain) / 8
     assert h["intervals"]["h_react"] == wilson(sum(has_react_words(r) for r in plain), 8).to_dict()
     q = report["quality"]
-    assert q["degenerate"] == sum(is_degenerate(r) for r in replies.values()) and q["n"] == 16
+    assert q["degenerate"] == sum(is_degenerate(r) for r in replies.values()) and q["n"] == 16 + 10
     # ...the held-out loss, against a plain one-record-at-a-time loop over the validation split...
     from agentflan.eval.run import heldout_records, heldout_samples
 
@@ -137,7 +150,8 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
 
     cfg = load_config("pipelines/local.yaml", overrides)
     metrics = client(cfg).get_run(summary["run_id"]).data.metrics
-    assert "agent_h.h_score" in metrics and "val_loss.reasoning" in metrics
+    assert "agent_h.h_score" in metrics and "val_loss.reasoning" in metrics and "bfcl.overall" in metrics
+    assert "agent_h.irrelevance_rate" in metrics
     assert "mlflow run" in capsys.readouterr().out
 
 

@@ -1,5 +1,7 @@
-"""Fixtures for the training-side tests: real conversations from the bundled sample data, and one small BPE
-tokenizer per named template trained on them (session-scoped: training takes well under a second each)."""
+"""Fixtures for the training-side tests: real conversations from the bundled sample data, and tokenizers
+trained on them (session-scoped: each takes about a second): one small byte-level BPE per named template (the
+embedded default's kind), a Llama-2-style SentencePiece tokenizer, and byte-level BPEs with Llama-3's and
+Qwen's chat templates. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -91,3 +93,73 @@ def mixed_conversation() -> Messages:
             "capability": "general",
         },
     ]
+
+
+# ----------------------------------------------------------------------------- tokenizer families
+# Built here from the corpus, laid out as a hub model's tokenizer is, loaded through AutoTokenizer.
+
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)  # Meta-Llama-3-8B-Instruct's template
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)  # Qwen2's ChatML template, without the default system prompt
+BYTE_LEVEL_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+]  # fmt: skip
+# GPT-4 / Llama-3 pre-tokenizer pattern (words, numbers of up to 3 digits, punctuation runs, newlines).
+BYTE_LEVEL_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def _corpus_text(chats: list[Messages], agent_chats: list[Messages]) -> list[str]:
+    return [m["content"] for conv in chats + agent_chats for m in conv]
+
+
+def _byte_level(texts: list[str], template: str) -> PreTrainedTokenizerFast:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BYTE_LEVEL_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        special_tokens=BYTE_LEVEL_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        extra_special_tokens=BYTE_LEVEL_SPECIALS[2:],
+        chat_template=template,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def byte_level_dirs(tmp_path_factory, chats, agent_chats) -> dict[str, Path]:
+    """Byte-level BPE tokenizers (GPT-2 / Llama-3 / Qwen style) with their chat markers as special tokens,
+    one with Llama-3's chat template and one with Qwen's (ChatML), saved as a hub model's tokenizer is."""
+    texts = _corpus_text(chats, agent_chats)
+    dirs = {}
+    for name, template in (("llama3", LLAMA3_TEMPLATE), ("qwen", QWEN_TEMPLATE)):
+        out = tmp_path_factory.mktemp(f"{name}_tokenizer")
+        _byte_level(texts, template).save_pretrained(out)
+        dirs[name] = out
+    return dirs

@@ -14,7 +14,8 @@ case (d), where a call is the right answer:
 
 ``combined`` weighs the two kinds of error equally: a call hallucinated where none is wanted, and a call
 missed where one is. Reported as well, in no score: ``plain_call_rate``, the share of plain replies that
-hold a parseable call (a bare JSON call has no ReAct words and announces nothing, so H_Score misses it).
+hold a parseable call (a bare JSON call has no ReAct words and announces nothing, so H_Score misses it), and
+``irrelevance_rate``, the share of case (b) and (c) replies that make no call: BFCL's irrelevance measure.
 A rate over zero samples is None, and so is any score built from it.
 
 Every number comes with its 95% interval (:mod:`agentflan.eval.stats`): Wilson for the rates, a stratified
@@ -72,6 +73,8 @@ class AgentHReport:
     missed_call_rate: float | None
     combined: float | None
     plain_call_rate: float | None
+    # Cases (b) and (c) read as BFCL reads its irrelevance category: the share of replies that make no call.
+    irrelevance_rate: float | None = None
     intervals: dict[str, Interval] = field(default_factory=dict)  # 95% interval of each score above
 
     def to_dict(self) -> dict:
@@ -136,6 +139,7 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
     missed = _rate(sum(c.n - c.calls for c in call), n_call)
     combined = None if h_score is None or missed is None else (h_score + (1 - missed)) / 2
     plain_j = [j for c in PLAIN_CASES for j in judged[c]]
+    irrelevant = judged.get("b", []) + judged.get("c", [])
     call_j = [j for c in CASES if c not in PLAIN_CASES for j in judged[c]]
     intervals = {
         "h_react": wilson(sum(j.react for j in plain_j), n_plain),
@@ -144,6 +148,7 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
         "missed_call_rate": wilson(sum(not j.call for j in call_j), n_call),
         "combined": bootstrap([plain_j, call_j], lambda g: _combined(list(g[0]), list(g[1]))),  # type: ignore[arg-type]
         "plain_call_rate": wilson(sum(j.call for j in plain_j), n_plain),
+        "irrelevance_rate": wilson(sum(not j.call for j in irrelevant), len(irrelevant)),
     }
     return AgentHReport(
         per_case=per_case,
@@ -155,5 +160,6 @@ def score_agent_h(samples: Sequence[EvalSample], replies: Sequence[Reply]) -> Ag
         missed_call_rate=missed,
         combined=combined,
         plain_call_rate=_rate(sum(c.calls for c in plain), n_plain),
+        irrelevance_rate=intervals["irrelevance_rate"].value,
         intervals=intervals,
     )

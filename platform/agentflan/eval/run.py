@@ -23,6 +23,7 @@ from agentflan.config import Config
 from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
 from agentflan.data.record import TRAINED_CAPABILITIES, Record
+from agentflan.eval import bfcl
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.quality import degenerate_count, too_weak
@@ -194,6 +195,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         "missed_call_rate": "missed-call rate (d)",
         "combined": "combined",
         "plain_call_rate": "plain-call rate (a-c)",
+        "irrelevance_rate": "irrelevance rate (b, c: no call)",
     }
     for key, label in names.items():
         iv = dict(h["intervals"].get(key, {}))
@@ -222,6 +224,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         ("instruction_following", "instruction following (valid call)"),
     ):
         lines.append(f"| {label} | {_interval_cell(t['intervals'].get(key))} |")
+    if report.get("bfcl"):
+        lines += [
+            "",
+            "## BFCL (AST checker rules)",
+            "",
+            "| category | accuracy | 95% CI | n |",
+            "|---|---|---|---|",
+        ]
+        for category, iv in report["bfcl"]["summary"].items():
+            lines.append(f"| {category} | {_interval_cell(iv)} |")
     lines += [
         "",
         "## Held-out loss per capability",
@@ -252,6 +264,13 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
                 if iv.get(end) is not None:
                     out[f"{name}.{k}.ci_{end}"] = float(iv[end])
     out.update({f"val_loss.{cap}": v["loss"] for cap, v in report["validation_loss"].items()})
+    for category, iv in (report.get("bfcl") or {}).get("summary", {}).items():
+        if iv.get("value") is not None:
+            out[f"bfcl.{category}"] = float(iv["value"])
+            out[f"bfcl.{category}.ci_low"], out[f"bfcl.{category}.ci_high"] = (
+                float(iv["low"]),
+                float(iv["high"]),
+            )
     q = report["quality"]
     out["quality.degenerate_reply_rate"] = float(q["degenerate_reply_rate"]["value"] or 0.0)
     out["quality.too_weak"] = float(q["too_weak"])
@@ -289,6 +308,11 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     agent_h.write(eval_dir)
     tool_use.write(eval_dir)
     prompts = {s.id: s.messages for s in [*agent_h.samples, *tool_use.samples]}
+    b = e.bfcl
+    bfcl_set = (
+        bfcl.prompts(b.data_dir, b.categories, b.max_per_category, e.output_format) if b.data_dir else {}
+    )
+    prompts.update({f"bfcl/{qid}": item[3] for qid, item in bfcl_set.items()})
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
     replies = generate(
         cfg, model_path, prompts, lambda n: count(progress, "eval: generate", n, len(prompts), unit="replies")
@@ -305,6 +329,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         ),
         "tool_use_set": tool_use.manifest,
         "validation_loss": validation_loss(cfg, model_path, heldout_records(cfg, corpus)),
+        "bfcl": _score_bfcl(bfcl_set, replies) if bfcl_set else None,
         "quality": {
             "n": len(every),
             "degenerate": degenerate,
@@ -350,3 +375,12 @@ def _plots(report: dict[str, Any], out: Path) -> dict[str, str]:
         if (out / "train" / "plots" / name).exists():
             made[title] = f"../train/plots/{name}"
     return made
+
+
+def _score_bfcl(questions: dict[str, tuple], replies: dict[str, str]) -> dict[str, Any]:
+    """BFCL verdicts of the model's replies (agentflan.eval.bfcl), and accuracy per category with intervals."""
+    verdicts = [
+        bfcl.judge(category, question, answers, replies[f"bfcl/{qid}"])
+        for qid, (category, question, answers, _) in questions.items()
+    ]
+    return {"summary": bfcl.summarize(verdicts), "verdicts": [v.to_dict() for v in verdicts]}

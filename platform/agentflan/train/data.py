@@ -23,7 +23,7 @@ from agentflan.config import Config
 from agentflan.data.pipeline import read_corpus
 from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
-from agentflan.train.tokenizer import train_bpe_tokenizer
+from agentflan.train.tokenizer import adapt_tokenizer, train_bpe_tokenizer
 
 ROW_SCHEMA = pa.schema(
     [
@@ -51,12 +51,15 @@ def corpus_split(output_dir: Path, split: str) -> list[list[dict[str, Any]]]:
 
 
 def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, or (embedded default) a BPE tokenizer trained on the corpus, saved beside the run."""
+    """The model's tokenizer (made to speak the named template: :func:`adapt_tokenizer`), or (embedded default)
+    a BPE tokenizer trained on the corpus; saved beside the run, and later with the model."""
     m = cfg.train.model
     source = m.tokenizer or m.name_or_path
     if source is not None:
         tok = AutoTokenizer.from_pretrained(source)
-        if tok.pad_token is None:
+        if m.template != "model":
+            adapt_tokenizer(tok, m.template)  # markers, chat_template, eos and pad of the named template
+        elif tok.pad_token is None:
             tok.pad_token = tok.eos_token
     else:
         template = "chatml" if m.template == "model" else m.template

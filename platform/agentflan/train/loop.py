@@ -39,6 +39,7 @@ from agentflan.train.loss import CausalLMWithLoss, resolve_loss_implementation
 from agentflan.train.model import (
     build_model,
     compile_layers,
+    load_partitioned,
     resolve_attn_implementation,
     set_gradient_checkpointing,
     tiny_llama_config,
@@ -146,12 +147,9 @@ def setup(
 
     keep: list[Any] = []
     if t.deepspeed.zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
-
         # DeepSpeed's config checks the batch sizes against its world size: join the process group first.
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-        keep.append(HfDeepSpeedConfig(ds_config))  # transformers builds inside zero.Init while this lives
-    model = _model(cfg, tokenizer_dir, dtype, attn, device)
+    model = _model(cfg, tokenizer_dir, dtype, attn, device, ds_config, keep)
     set_gradient_checkpointing(model, t.model.gradient_checkpointing)
     if t.model.compile:
         compile_layers(model)
@@ -201,14 +199,29 @@ def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
     return total, local
 
 
-def _model(cfg: Config, tokenizer_dir: str, dtype: torch.dtype, attn: str, device: torch.device):
+def _model(
+    cfg: Config,
+    tokenizer_dir: str,
+    dtype: torch.dtype,
+    attn: str,
+    device: torch.device,
+    ds_config: dict[str, Any],
+    keep: list[Any],
+):
+    """The model to train, built partitioned under ZeRO-3: a checkpoint by :func:`load_partitioned` (each rank
+    reads its slices), a config inside transformers' ``zero.Init`` (while the ``HfDeepSpeedConfig`` put in
+    ``keep`` lives; it also lets transformers resize partitioned embeddings)."""
     from transformers import AutoTokenizer
+    from transformers.integrations import HfDeepSpeedConfig
 
     m = cfg.train.model
-    if m.name_or_path:
-        model = build_model(m.name_or_path, dtype=dtype, attn_implementation=attn)
-    else:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    zero3 = cfg.train.deepspeed.zero_stage == 3
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if zero3 and m.name_or_path:
+        model = load_partitioned(m.name_or_path, ds_config, dtype, attn)
+    if zero3:
+        keep.append(HfDeepSpeedConfig(ds_config))
+    if not m.name_or_path:
         config = tiny_llama_config(
             len(tok),
             m.hidden_size,
@@ -223,6 +236,12 @@ def _model(cfg: Config, tokenizer_dir: str, dtype: torch.dtype, attn: str, devic
         model = build_model(
             config=config, seed=cfg.seed, dtype=dtype, attn_implementation=attn, device=device
         )
+    elif not zero3:
+        model = build_model(m.name_or_path, dtype=dtype, attn_implementation=attn)
+    if len(tok) > model.config.vocab_size:
+        # the named template's markers were added to the tokenizer (adapt_tokenizer): new rows at the mean of
+        # the old ones; under ZeRO-3 transformers gathers the partitioned embeddings to resize them
+        model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
     if m.lora.enabled:
         try:
             from peft import LoraConfig, get_peft_model
@@ -349,17 +368,22 @@ def load_checkpoint(state: TrainState, directory: str) -> None:
 
 
 def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
-    """Write the trained model with ``save_pretrained`` and its tokenizer (rank 0 writes).
+    """Write the trained model with ``save_pretrained``, its tokenizer and generation config (rank 0 writes).
 
-    Under ZeRO-3 the 16-bit weights are gathered from every rank's shards first (a collective)."""
+    Under ZeRO-3 the 16-bit weights are gathered from every rank's shards first (``save_16bit_model``, a
+    collective). The config keeps the KV cache on."""
     from transformers import AutoTokenizer
 
     engine = state.engine
     state_dict = None
     if state.cfg.train.deepspeed.zero_stage == 3:
-        gathered = engine._zero3_consolidated_16bit_state_dict()  # what HF Trainer and accelerate call
+        # DeepSpeed's public export: every rank takes part in gathering the 16-bit weights, rank 0 writes
+        # them (layer by layer, never the whole model on any other rank); read back memory-mapped.
+        gathered = model_dir.parent / f".{model_dir.name}.zero3"
+        engine.save_16bit_model(str(gathered), "weights.pt")
         if state.rank == 0:
-            state_dict = {k.removeprefix("model."): v for k, v in gathered.items()}
+            loaded = torch.load(gathered / "weights.pt", map_location="cpu", weights_only=True, mmap=True)
+            state_dict = {k.removeprefix("model."): v for k, v in loaded.items()}
     if state.rank != 0:
         return
     model = engine.module.model
@@ -369,9 +393,32 @@ def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
             state_dict = None
         model = model.merge_and_unload()
     model_dir.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     model.config.use_cache = True  # off only inside training (model_inputs); generation wants the cache
+    model.generation_config = generation_config(model, tok)
     model.save_pretrained(model_dir, state_dict=state_dict)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    if state.cfg.train.deepspeed.zero_stage == 3:
+        import shutil
+
+        shutil.rmtree(model_dir.parent / f".{model_dir.name}.zero3", ignore_errors=True)
+
+
+def generation_config(model, tok):
+    """Greedy by default, stopping at the template's end-of-turn marker (the tokenizer's eos) and at the base
+    model's own eos, padding with the tokenizer's pad: what ``generate`` on the export needs to stop where a
+    trained reply stops."""
+    from transformers import GenerationConfig
+
+    base_eos = model.config.eos_token_id
+    base_eos = base_eos if isinstance(base_eos, list) else [base_eos]
+    stops = list(dict.fromkeys(i for i in [tok.eos_token_id, *base_eos] if i is not None))
+    return GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=stops[0] if len(stops) == 1 else stops,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+    )
 
 
 def _log_step(cfg: Config, metrics: dict[str, Any], log_path: Path, run_id: str | None) -> None:

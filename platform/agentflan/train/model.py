@@ -144,6 +144,99 @@ def build_model(
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
 
 
+def load_partitioned(
+    name_or_path: str, ds_config: dict[str, Any], dtype: torch.dtype, attn_implementation: str
+) -> PreTrainedModel:
+    """A pretrained checkpoint under ZeRO-3, each rank reading only its own partition of every weight.
+
+    transformers' ZeRO-3 loading gives rank 0 the whole state dict to copy into gathered layers (measured:
+    rank 0 peaked at 1.55x the model's size in private memory, docs/benchmarks.md). Here the model is built
+    inside ``deepspeed.zero.Init`` with weight initialisation skipped (every parameter is empty but for its
+    partition), then each rank copies its slice of each weight, a range of the flattened tensor, from the
+    memory-mapped safetensors files (``safe_open(...).get_slice``: only those rows are read). No rank holds
+    more than its partition plus one weight's slice. A checkpoint whose names are not the model's (an
+    architecture transformers renames on load) falls back to transformers' own loading.
+    """
+    import deepspeed
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+
+    files = _safetensors_files(name_or_path)
+    config = AutoConfig.from_pretrained(name_or_path)
+    with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    params = dict(model.named_parameters())
+    rank = torch.distributed.get_rank()
+    loaded: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            if not set(f.keys()) <= set(params) | _tied_names(model):
+                return _transformers_zero3_load(name_or_path, ds_config, dtype, attn_implementation)
+            for name in f.keys():  # noqa: SIM118 - a safetensors handle is not iterable
+                if name not in params:
+                    continue  # a tied copy (lm_head = embed_tokens): loaded through the other name
+                p = params[name]
+                size = p.ds_tensor.ds_numel
+                start, end = size * rank, min(size * (rank + 1), p.ds_numel)
+                if start < end:
+                    part = _flat_range(f.get_slice(name), start, end)
+                    with torch.no_grad():
+                        p.ds_tensor.narrow(0, 0, end - start).copy_(part)
+                loaded.add(name)
+    if missing := set(params) - loaded:
+        raise ValueError(f"{name_or_path}: the checkpoint has no weights for {sorted(missing)[:5]}")
+    return model
+
+
+def _safetensors_files(name_or_path: str) -> list[Any]:
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    root = Path(name_or_path)
+    if not root.is_dir():
+        root = Path(snapshot_download(name_or_path, allow_patterns=["*.safetensors", "*.json"]))
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{name_or_path}: no .safetensors weights (ZeRO-3 loading reads safetensors)")
+    return files
+
+
+def _tied_names(model: PreTrainedModel) -> set[str]:
+    """Checkpoint names that are tied copies of another parameter (named_parameters lists each once)."""
+    all_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return all_names - {n for n, _ in model.named_parameters()}
+
+
+def _flat_range(view: Any, start: int, end: int) -> torch.Tensor:
+    """Elements ``[start, end)`` of the flattened tensor behind a safetensors slice, reading only the rows
+    (first-dimension entries) that hold them."""
+    shape = view.get_shape()
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    if not shape:
+        return view[:].reshape(-1)[start:end]
+    first, last = start // row, -(-end // row)
+    rows = view[first:last].reshape(-1)
+    return rows[start - first * row : end - first * row]
+
+
+def _transformers_zero3_load(
+    name_or_path: str, ds_config: dict[str, Any], dtype: torch.dtype, attn_implementation: str
+) -> PreTrainedModel:
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep = HfDeepSpeedConfig(ds_config)  # noqa: F841 - transformers reads it while it lives
+    return build_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated decoder blocks (``model.model.layers`` for Llama-family models, through a peft wrapper)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,14 +1,18 @@
 """Chat templates: how a conversation becomes ``input_ids``, ``labels`` and per-token ``weights``.
 
 A conversation is written either with a *named* template from :data:`TEMPLATES` or with *the model's own*
-template (the tokenizer's Jinja ``chat_template``, chosen with ``template=None``):
+template (the tokenizer's Jinja ``chat_template``, chosen with ``template=None``). Either way the conversation
+becomes one text plus the character spans that are trained on, and **the whole text is tokenized once**, with
+offsets, exactly as inference tokenizes the rendered prompt; a token is trained when its first character lies in
+a trained span. Tokenizing segment by segment instead gives other ids wherever a tokenizer does not cut at the
+segment boundary: SentencePiece tokenizers (Llama-2: the ``▁`` prefix, byte fallback) and byte-level BPEs
+(Llama-3, Qwen) whose chat markers are plain text to them (tests check every named template against three
+tokenizer families, and two model templates).
 
 * A named template is data (:class:`ChatTemplate`). Each message is rendered into segments (the header that
-  opens it, the part that may be trained on, the separator after it) and the segments are tokenized one by one,
-  so the boundary between trained and untrained tokens falls exactly between two tokens. Adjacent untrained
-  segments are joined before tokenizing, so only trained/untrained boundaries cut the text.
-* The model's own template is a black box; :func:`_own_template_tokens` finds the assistant spans by rendering
-  prefixes of the conversation and tokenizes the whole text once, with offsets (see there).
+  opens it, the part that may be trained on, the separator after it); the trained segments are the spans.
+* The model's own template is a black box; :func:`_own_template_spans` finds the assistant spans by rendering
+  prefixes of the conversation (see there).
 
 Only assistant messages with ``loss`` true are trained on. Their trained span is the content plus the
 end-of-turn marker (``<|im_end|>``, ``</s>``, ``ി``), because the model must learn to stop; the header that opens
@@ -69,6 +73,10 @@ class ChatTemplate:
     def generation_prompt(self) -> str:
         """What is appended to a prompt so the model writes the next assistant message."""
         return self.turns["assistant"].begin
+
+    def end_of_turn(self, eos: str | None) -> str:
+        """The marker that ends a reply (``<|im_end|>``, the tokenizer's ``</s>``, ``ി``): generation stops here."""
+        return _fill(self.turns["assistant"].end, self, None, eos).strip()
 
 
 _CHATML_END = "<|im_end|>"
@@ -282,16 +290,16 @@ def encode_conversation(
 
     ``messages`` are the canonical record's message dicts (``role``, ``content``, ``loss``, ``weight``...).
     ``template`` names a template in :data:`TEMPLATES` (or is one), or is None for the tokenizer's own
-    ``chat_template``. ``max_length`` truncates to the first ``max_length`` tokens.
+    ``chat_template``. ``max_length`` truncates to the first ``max_length`` tokens. The ids are those of the
+    whole rendered text tokenized at once (a fast tokenizer is needed, for the offsets).
     """
+    if not tokenizer.is_fast:
+        raise ValueError("training needs a fast tokenizer (for offsets); load it with use_fast=True")
     if template is None:
-        ids, token_weights = _own_template_tokens(messages, tokenizer)
+        text, spans = _own_template_spans(messages, tokenizer)
     else:
-        ids, token_weights = [], []
-        for seg in render_segments(messages, template, tokenizer.bos_token, tokenizer.eos_token):
-            seg_ids = tokenizer.encode(seg.text, add_special_tokens=False)
-            ids += seg_ids
-            token_weights += [seg.weight] * len(seg_ids)
+        text, spans = _named_template_spans(messages, template, tokenizer.bos_token, tokenizer.eos_token)
+    ids, token_weights = _tokenize_spans(text, spans, tokenizer, stop_at_marker=template is None)
     labels = [t if w is not None else IGNORE_INDEX for t, w in zip(ids, token_weights, strict=True)]
     weights = [w if w is not None else 0.0 for w in token_weights]
     if labels:  # nothing predicts the first token (see the module docstring)
@@ -300,10 +308,51 @@ def encode_conversation(
     return sample.truncate(max_length) if max_length is not None else sample
 
 
-def _own_template_tokens(
-    messages: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase
+@dataclass(frozen=True)
+class _Span:
+    """Characters ``[start, stop)`` of the text are trained on with ``weight``; for the model's own template,
+    training stops after the first control token at or after ``content_end`` (its end-of-turn marker)."""
+
+    start: int
+    stop: int
+    weight: float
+    content_end: int | None = None
+
+
+def _named_template_spans(
+    messages: Sequence[Mapping[str, Any]], template: str | ChatTemplate, bos: str | None, eos: str | None
+) -> tuple[str, list[_Span]]:
+    text, spans = "", []
+    for seg in render_segments(messages, template, bos, eos):
+        if seg.weight is not None:
+            spans.append(_Span(len(text), len(text) + len(seg.text), seg.weight))
+        text += seg.text
+    return text, spans
+
+
+def _tokenize_spans(
+    text: str, spans: list[_Span], tokenizer: PreTrainedTokenizerBase, stop_at_marker: bool
 ) -> tuple[list[int], list[float | None]]:
-    """Token ids and per-token weights (None: untrained) under the tokenizer's own ``chat_template``.
+    """Tokenize ``text`` once; a token whose first character lies in a span gets the span's weight."""
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoding["input_ids"]
+    starts = [start for start, _ in encoding["offset_mapping"]]
+    control_ids = set(tokenizer.added_tokens_decoder) if stop_at_marker else set()
+    token_weights: list[float | None] = [None] * len(ids)
+    for span in spans:
+        k = bisect.bisect_left(starts, span.start)
+        while k < len(ids) and starts[k] < span.stop:
+            token_weights[k] = span.weight
+            if span.content_end is not None and starts[k] >= span.content_end and ids[k] in control_ids:
+                break
+            k += 1
+    return ids, token_weights
+
+
+def _own_template_spans(
+    messages: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, list[_Span]]:
+    """The text and trained spans under the tokenizer's own ``chat_template``.
 
     The template is a black box, so spans are found by rendering prefixes of the conversation as text:
 
@@ -313,17 +362,12 @@ def _own_template_tokens(
       ``<|eot_id|>``) that follows the reply's content, i.e. the end-of-turn marker; a separator after it (a
       newline) is not trained. A template with no such marker trains to the end of the message.
 
-    The whole text is then tokenized once, as at inference, and a token is trained when its first character lies
-    in a span. A template that does not render prefix-consistently (one that rewrites earlier turns, such as
-    dropping past reasoning) cannot be handled this way and raises; use a named template for it.
+    A template that does not render prefix-consistently (one that rewrites earlier turns, such as dropping
+    past reasoning) cannot be handled this way and raises; use a named template for it.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"the tokenizer has no chat_template; pass a named template ({', '.join(TEMPLATES)})"
-        )
-    if not tokenizer.is_fast:
-        raise ValueError(
-            "the model's own template needs a fast tokenizer (for offsets); pass a named template"
         )
     chat = [_chat_message(m) for m in messages]
 
@@ -335,7 +379,7 @@ def _own_template_tokens(
         )
 
     full = render(len(chat))
-    spans: list[tuple[int, int, int, float]] = []  # (start, content end, message end, weight)
+    spans: list[_Span] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or not message.get("loss", False):
             continue
@@ -352,21 +396,8 @@ def _own_template_tokens(
         content = message["content"].strip()
         found = full.find(content, len(head), len(through)) if content else -1
         content_end = found + len(content) if found >= 0 else len(head)
-        spans.append((len(head), content_end, len(through), float(message.get("weight", 1.0))))
-
-    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = encoding["input_ids"]
-    starts = [start for start, _ in encoding["offset_mapping"]]
-    control_ids = set(tokenizer.added_tokens_decoder)
-    token_weights: list[float | None] = [None] * len(ids)
-    for start, content_end, stop, weight in spans:
-        k = bisect.bisect_left(starts, start)
-        while k < len(ids) and starts[k] < stop:
-            token_weights[k] = weight
-            if starts[k] >= content_end and ids[k] in control_ids:
-                break
-            k += 1
-    return ids, token_weights
+        spans.append(_Span(len(head), len(through), float(message.get("weight", 1.0)), content_end))
+    return full, spans
 
 
 def _chat_message(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from agentflan.train.templates import get_template, to_jinja
 
@@ -59,3 +59,30 @@ def train_bpe_tokenizer(
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
+
+
+def adapt_tokenizer(tok: PreTrainedTokenizerBase, template: str) -> list[str]:
+    """Make a model's own tokenizer speak a named template, so one template goes from training to inference.
+
+    - the template's markers become special tokens where the tokenizer lacks them (each one token, never
+      merged with the text around it; the model's embeddings grow by as many, see ``train.loop``);
+    - ``chat_template`` is the template itself (with ``{% generation %}`` markers), so
+      ``apply_chat_template(messages, add_generation_prompt=True)`` renders byte for byte what training did;
+    - ``eos`` is the template's end-of-turn marker (generation stops where a reply ends; the exported
+      ``generation_config.json`` keeps the model's own eos as a second stop token);
+    - ``pad`` is the tokenizer's pad, else its unk, else eos (padding is never trained on).
+
+    Returns the tokens added.
+    """
+    chat = get_template(template)
+    vocab = tok.get_vocab()
+    missing = [t for t in chat.special_tokens if t not in vocab]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    tok.chat_template = to_jinja(chat)
+    end = chat.end_of_turn(tok.eos_token)
+    if end and end != tok.eos_token and end in tok.get_vocab():
+        tok.eos_token = end
+    if tok.pad_token is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return missing

@@ -57,7 +57,8 @@ _RELATIVE = re.compile(r"^x(\d+(?:\.\d*)?|\.\d+)$")
 # Metrics a trial reports: training's, then the evaluation report's.
 METRIC = re.compile(
     r"^(val_loss|loss|step|trial_seconds|val_loss\.\w+|quality\.degenerate_reply_rate"
-    r"|(agent_h\.(h_react|h_general|h_score|missed_call_rate|combined|plain_call_rate)"
+    r"|(agent_h\.(h_react|h_general|h_score|missed_call_rate|combined|plain_call_rate|irrelevance_rate)"
+    r"|bfcl\.\w+"
     r"|tool_use\.(retrieval|understanding_exact|understanding_f1|instruction_following))(\.ci_(low|high))?"
     r"|tool_use\.n)$"
 )
