@@ -39,6 +39,7 @@ from agentflan.train.loss import CausalLMWithLoss, resolve_loss_implementation
 from agentflan.train.model import (
     build_model,
     compile_layers,
+    freed_memory_returned,
     load_partitioned,
     resolve_attn_implementation,
     set_gradient_checkpointing,
@@ -149,7 +150,8 @@ def setup(
     if t.deepspeed.zero_stage == 3:
         # DeepSpeed's config checks the batch sizes against its world size: join the process group first.
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    model = _model(cfg, tokenizer_dir, dtype, attn, device, ds_config, keep)
+    with freed_memory_returned():
+        model = _model(cfg, tokenizer_dir, dtype, attn, device, ds_config, keep)
     set_gradient_checkpointing(model, t.model.gradient_checkpointing)
     if t.model.compile:
         compile_layers(model)
