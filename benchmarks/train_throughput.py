@@ -77,7 +77,7 @@ def main() -> None:
         )
         run_data(cfg)
         convs = corpus_split(Path(tmp), "train")
-        tok = load_tokenizer(cfg, [m["content"] for c in convs for m in c], Path(tmp) / "tok")
+        tok = load_tokenizer(cfg, [t for c in convs for t in c.texts()], Path(tmp) / "tok")
     samples = [s.truncate(args.seq_len) for s in encode_split(convs, tok, cfg)]
     samples = [s for s in samples if s.n_trained > 0]
     config = tiny_llama_config(

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_pipeline_specs_validate(spec):
     cfg = load_config(spec)
     for inp in cfg.data.inputs:
-        if "://" not in inp.path and spec.name == "local.yaml":
+        if "://" not in inp.path and spec.name in ("local.yaml", "local_native.yaml"):
             assert (REPO / inp.path).exists(), inp.path
 
 

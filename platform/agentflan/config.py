@@ -126,6 +126,17 @@ class DataConfig(_Strict):
     num_cpus: int | None = Field(None, gt=0, description="CPUs for a Ray instance started here.")
     batch_size: int = Field(256, gt=0)
     max_record_bytes: int = Field(1_000_000, gt=0, description="Larger raw records are quarantined.")
+    call_format: Literal["chat", "react", "native"] = Field(
+        "chat",
+        description="How tool calls are written: chat = the paper's natural multi-turn chat (thought, tool and "
+        "arguments as elicited turns); react = ReAct text; native = OpenAI tool_calls on assistant messages and "
+        "tool messages, rendered by the model's own tool-calling template.",
+    )
+    native_thought: Literal["content", "reasoning"] = Field(
+        "content",
+        description="Under call_format native: a step's thought becomes the message's content or its "
+        "reasoning field.",
+    )
     react_share: float = Field(0.1, ge=0, le=1, description="Trajectories kept in the original ReAct format.")
     format_following_per_25k: float = Field(
         2000, ge=0, description="Format-following samples per 25,000 trajectories (paper: ~2,000)."
@@ -173,8 +184,11 @@ class ModelConfig(_Strict):
 
     name_or_path: str | None = Field(None, description="HF hub id or local path of the model to fine-tune.")
     tokenizer: str | None = Field(None, description="Tokenizer path/id; defaults to name_or_path.")
-    template: Literal["chatml", "llama2", "agentflan", "model"] = Field(
-        "chatml", description="Chat template: a named one, or `model` for the tokenizer's own chat_template."
+    template: Literal["chatml", "llama2", "agentflan", "hermes", "llama31", "model"] = Field(
+        "chatml",
+        description="Chat template: a named text one (chatml, llama2, agentflan), a named tool-calling one "
+        "(hermes, llama31: render tools= and native tool_calls), or `model` for the tokenizer's own "
+        "chat_template.",
     )
     vocab_size: int = Field(2048, ge=300, description="Vocabulary of a tokenizer trained on the corpus.")
     hidden_size: int = Field(64, gt=0, description="Tiny model width (no name_or_path).")
@@ -320,8 +334,11 @@ class EvalConfig(_Strict):
         "platform/agentflan/sample_data",
         description="Folder with general/ and eval/ files (the shared-data layout) the eval sets are built from.",
     )
-    output_format: Literal["react", "json"] = Field(
-        "react", description="Format instruction in the system prompt of prompts that offer tools."
+    output_format: Literal["react", "json", "native"] = Field(
+        "react",
+        description="How prompts that offer tools ask for a call: react/json = tools and that format's "
+        "instruction in the system prompt; native = the tools go to the chat template (tools=) and calls are "
+        "read from its syntax (<tool_call> tags, Llama-3.1 JSON): for a model trained with call_format native.",
     )
     max_per_case: dict[str, int] = Field(
         default_factory=dict, description="Cap per Agent-H case (a, b, c, d)."
@@ -377,6 +394,19 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     tune: TuneConfig = TuneConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _native_needs_tool_template(self) -> Config:
+        if self.data.call_format == "native" and self.train.model.template in (
+            "chatml",
+            "llama2",
+            "agentflan",
+        ):
+            raise ValueError(
+                f"train.model.template: {self.train.model.template} does not write native tool calls "
+                "(data.call_format native); use hermes, llama31 or model"
+            )
+        return self
 
     @field_validator("output_dir")
     @classmethod

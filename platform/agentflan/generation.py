@@ -30,16 +30,32 @@ class ChatGenerator:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 
-    def prompt(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def prompt(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
+    ) -> str:
+        """The prompt text; ``tools`` (JSON-schema functions) go to the chat template, as a server offers them."""
         chat = [{"role": m["role"], "content": m["content"]} for m in messages]
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.apply_chat_template(
+                chat, tools=list(tools) if tools else None, add_generation_prompt=True, tokenize=False
+            )
+        if tools:
+            raise ValueError("tools offered natively need a tokenizer with a chat_template")
         return "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
 
-    def generate(self, conversations: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Mapping[str, Any]]],
+        tools: Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+    ) -> list[str]:
+        """Greedy replies; ``tools[i]``, where given, is offered natively to conversation ``i``.
+
+        Replies are decoded without special tokens; a template's call markers that are plain added tokens
+        (Qwen's ``<tool_call>``) stay in the text, where :mod:`agentflan.eval.tool_calls` reads them."""
         import torch
 
-        prompts = [self.prompt(c) for c in conversations]
+        tool_lists = list(tools) if tools is not None else [None] * len(conversations)
+        prompts = [self.prompt(c, t) for c, t in zip(conversations, tool_lists, strict=True)]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))  # similar lengths batch together
         replies: list[str] = [""] * len(prompts)

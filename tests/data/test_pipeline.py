@@ -83,7 +83,12 @@ def test_corpus_loads_with_datasets(local_run):
     assert len(ds) == manifest(local_run)["rows"]["corpus"]
     row = ds[0]
     assert set(row) == {"id", "source", "bucket", "split", "messages", "tools", "meta"}
-    assert {"role", "content", "loss", "capability", "weight", "name"} == set(row["messages"][0])
+    assert {"role", "content", "loss", "capability", "weight", "name"} < set(row["messages"][0])
+    assert {"tool_calls", "reasoning", "tool_call_id", "part_weights"} < set(
+        row["messages"][0]
+    )  # native fields
+    with_tools = next(r for r in ds if r["tools"])
+    assert all(isinstance(t, dict) for t in with_tools["tools"])  # JSON schemas come back as objects
 
 
 def test_ray_engine_matches_local(ray_session, shared_data, local_run, tmp_path):

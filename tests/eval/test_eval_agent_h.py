@@ -130,3 +130,28 @@ def test_toolbench_references_keep_arguments_only_when_not_cut(sources):
     assert scorable["toolbench_g1"]["name"] == 100
     assert 0 < scorable["toolbench_g1"]["arguments"] < 100
     assert scorable["teval_plan"] == {"name": 553, "arguments": 553}
+
+
+def test_native_sets_offer_tools_to_the_chat_template_only(sources):
+    """Under ``output_format: native`` the prompt is the user turn alone and the tools go to the chat template
+    (``tools=``, OpenAI's wrapper), as an inference server offers them; the same queries as the text sets."""
+    from agentflan.eval.sources import prompt_tools
+    from agentflan.generation import ChatGenerator
+    from agentflan.train.tokenizer import train_bpe_tokenizer
+
+    native = build_agent_h(sources, seed=0, output_format="native")
+    text = build_agent_h(sources, seed=0)
+    assert [s.query for s in native.samples] == [s.query for s in text.samples]
+    generator = ChatGenerator.__new__(ChatGenerator)  # its prompt rendering only: no model needed
+    generator.tokenizer = train_bpe_tokenizer([s.query for s in text.samples], 400, "hermes")
+    for s in native.samples:
+        assert [m["role"] for m in s.messages] == ["user"]
+        tools = prompt_tools(s.tools)
+        assert (tools is not None) == (s.case in ("b", "d"))
+        prompt = generator.prompt(s.messages, tools)
+        assert prompt.endswith("<|im_start|>assistant\n") and s.query in prompt
+        if tools:
+            assert all(t["type"] == "function" and t["function"]["name"] for t in tools)
+            assert "<tools>" in prompt and tools[0]["function"]["name"] in prompt
+    uses = build_tool_use_set(sources, seed=0, output_format="native")
+    assert uses.samples and all(len(s.messages) == 1 and s.tools for s in uses.samples)

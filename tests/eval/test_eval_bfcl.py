@@ -118,6 +118,26 @@ def test_types_follow_bfcl(rows):
     assert bfcl.check_call(float_fn, {"f": {"x": 2}}, {"f": {"x": [2.0]}}, False)["valid"]
 
 
+def test_a_native_prompt_offers_openai_tools_and_expects_their_names(rows):
+    """Under ``eval.output_format: native`` the functions go to the chat template as OpenAI tools (JSON Schema
+    types, dots as underscores); the model's ``<tool_call>`` text is then judged against those names."""
+    _, question, _ = rows["simple_python_1"]  # math.factorial(number: integer)
+    (tool,) = bfcl.openai_tools(question["function"])
+    assert tool["type"] == "function" and tool["function"]["name"] == "math_factorial"
+    assert tool["function"]["parameters"]["type"] == "object"  # BFCL's "dict"
+    floats = bfcl.openai_tools([{"name": "f", "parameters": {"type": "dict", "properties": {
+        "x": {"type": "float"}, "t": {"type": "tuple", "items": {"type": "float"}}}}}])  # fmt: skip
+    props = floats[0]["function"]["parameters"]["properties"]
+    assert props == {"x": {"type": "number"}, "t": {"type": "array", "items": {"type": "number"}}}
+
+    category, question, answers = rows["simple_python_1"]
+    tagged = '<tool_call>\n{"name": "math_factorial", "arguments": {"number": 5}}\n</tool_call>'
+    assert bfcl.judge(category, question, answers, tagged, native_prompt=True).valid
+    assert not bfcl.judge(category, question, answers, tagged).valid  # a text prompt showed math.factorial
+    dotted = '<tool_call>\n{"name": "math.factorial", "arguments": {"number": 5}}\n</tool_call>'
+    assert bfcl.judge(category, question, answers, dotted).valid
+
+
 def test_summary_has_n_and_intervals(rows):
     verdicts = [judge(rows, "simple_python_0", "[calculate_triangle_area(base=10, height=5)]"),
                 judge(rows, "simple_python_1", "[math.factorial(number=6)]")]  # fmt: skip

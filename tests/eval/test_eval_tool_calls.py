@@ -1,4 +1,4 @@
-"""parse_call on the three output formats (well-formed and malformed), and the argument scores."""
+"""parse_call on the four output formats (well-formed and malformed), and the argument scores."""
 
 from __future__ import annotations
 
@@ -85,6 +85,44 @@ PARIS = {"city": "Paris"}
             False,
         ),
         ('{"name": "get_weather"}', "get_weather", None, "json", False),
+        # native: what a tool-calling chat template writes (Hermes/Qwen tags; Llama-3.1 JSON)
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+            "get_weather",
+            PARIS,
+            "native",
+            True,
+        ),
+        (
+            'I will check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "search_for_jsearch", "arguments": {}}\n</tool_call>',
+            "get_weather",
+            PARIS,
+            "native",
+            True,
+        ),
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',
+            "get_weather",
+            PARIS,
+            "native",
+            False,
+        ),
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par',
+            "get_weather",
+            None,
+            "native",
+            False,
+        ),
+        (
+            '<tool_call>\n{"name": "get_weather", "arguments": {}, "id": 1}\n</tool_call>',
+            "get_weather",
+            {},
+            "native",
+            False,
+        ),
+        ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "get_weather", PARIS, "native", True),
         # chat-aligned protocol: [thought, tool name, arguments]
         (["I need the weather.", "get_weather", '{"city": "Paris"}'], "get_weather", PARIS, "chat", True),
         (
@@ -194,3 +232,11 @@ def test_score_tool_use_separates_retrieval_understanding_and_format():
     assert overall["instruction_following"] == pytest.approx(1 / 3)
     assert report["by_source"]["toolbench"]["retrieval"] == 0.0
     assert report["by_source"]["toolbench"]["understanding_f1"] is None
+
+
+def test_native_format_is_expected_of_native_prompts():
+    tagged = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert parse_call(tagged, expected_format="native").valid
+    react = 'Thought: t\nAction: get_weather\nAction Input: {"city": "Paris"}'
+    call = parse_call(react, expected_format="native")
+    assert call.found and not call.valid and "native" in call.error

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from agentflan.data.function_calling import FORMATS as NATIVE_FORMATS
 from agentflan.data.react import parse_step
 from agentflan.data.record import Record
 from agentflan.data.stage import Drop, Quarantine
@@ -64,7 +65,10 @@ def _check_action_inputs(messages: list) -> None:
 
 
 def filter_record(record: Record) -> Record | Drop:
-    if record.meta.get("kind") == "general":
+    """Agent trajectories in ReAct are filtered as the paper did; general chats and records read with native
+    calls (function-calling datasets: their calls are structured already, and a turn that offers tools but
+    answers plainly is the lesson of Agent-FLAN's negatives) pass."""
+    if record.meta.get("kind") == "general" or record.meta.get("format") in NATIVE_FORMATS:
         return record
     messages = list(record.messages)
     changed: dict[str, bool] = {}

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
-from agentflan.data.record import Record
+from agentflan.data.record import CALL_PARTS, Message, Record
 from agentflan.data.stage import Drop, unit
 
 TOKEN_COUNTER = r"\w+|[^\w\s] (regex pre-tokens; training re-counts with the model's tokenizer)"
@@ -84,6 +84,9 @@ def bucket_stats(records: list[Record]) -> dict[str, dict[str, Counter[str]]]:
             b["tokens"] += n
             if m.role != "assistant":
                 continue
+            if m.capability == "tool_call":
+                _count_call_parts(m, b, caps)
+                continue
             c = caps.setdefault(m.capability, Counter())
             c["turns"] += 1
             if m.loss and m.weight > 0:
@@ -92,3 +95,26 @@ def bucket_stats(records: list[Record]) -> dict[str, dict[str, Counter[str]]]:
                 c["trained_tokens"] += n
                 c["weighted_tokens"] += n * m.weight  # type: ignore[assignment]
     return {"buckets": buckets, "capabilities": caps}
+
+
+def _count_call_parts(m: Message, bucket: Counter[str], caps: dict[str, Counter[str]]) -> None:
+    """A native call message counts toward three capabilities: its thought, its names, its arguments."""
+    calls = m.tool_calls or []
+    texts = {
+        "reasoning": " ".join(t for t in (m.reasoning, m.content) if t),
+        "names": " ".join(c["function"]["name"] for c in calls),
+        "arguments": " ".join(c["function"]["arguments"] for c in calls),
+    }
+    weights = m.part_weights or {}
+    for part, text in texts.items():
+        n = count_tokens(text)
+        if not n:
+            continue
+        bucket["tokens"] += n if part != "reasoning" else 0  # the thought's text was counted as content
+        c = caps.setdefault(CALL_PARTS[part], Counter())
+        c["turns"] += 1
+        if m.loss and weights.get(part, 0) > 0:
+            bucket["trained_tokens"] += n
+            c["trained_turns"] += 1
+            c["trained_tokens"] += n
+            c["weighted_tokens"] += n * weights[part]  # type: ignore[assignment]

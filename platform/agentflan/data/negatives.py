@@ -111,11 +111,19 @@ def load_tool_pool_file(path: str) -> list[str]:
 class NegativeSampler:
     """Builds case (b) and (c) requests from seed records, has them answered, checks the replies."""
 
-    def __init__(self, cfg: NegativesConfig, responder: Responder, tool_pool: list[str], seed: int) -> None:
+    def __init__(
+        self,
+        cfg: NegativesConfig,
+        responder: Responder,
+        tool_pool: list[str],
+        seed: int,
+        call_format: str = "chat",
+    ) -> None:
         self.cfg = cfg
         self.responder = responder
         self.tool_pool = tool_pool
         self.seed = seed
+        self.call_format = call_format
 
     def _request(self, record: Record) -> NegativeRequest | Drop | None:
         kind = record.meta.get("kind")
@@ -172,11 +180,18 @@ class NegativeSampler:
     def _record(self, seed_record: Record, req: NegativeRequest, reply: str) -> Record:
         tools = json.loads(req.messages[0].content.split("\n")[1]) if req.case == "b" else []
         reply_msg = Message(role="assistant", content=reply, loss=True, capability="general")
+        messages = [*req.messages, reply_msg]
+        if self.call_format == "native":
+            # Natively the tools go to the template (tools=...), not into a system text; the reply makes no call.
+            from agentflan.data.function_calling import normalize_tools
+
+            tools = normalize_tools(tools)
+            messages = [m for m in messages if m.role != "system"]
         return Record(
             id=f"{seed_record.id}#negative_{req.case}",
             source=seed_record.source,
             bucket="negatives",
-            messages=[*req.messages, reply_msg],
+            messages=messages,
             tools=tools,
             meta={"kind": "negative", "case": req.case, "generated": "negatives", "seed_id": seed_record.id},
         )

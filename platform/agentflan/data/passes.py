@@ -28,7 +28,7 @@ from agentflan.data.filtering import filter_record
 from agentflan.data.mixture import bucket_stats, mix_record
 from agentflan.data.negatives import NegativeSampler
 from agentflan.data.readers import RecordError, is_agent_record, iter_raw_items, parse_item, read_bytes
-from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Record
+from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Record, storage_schema
 from agentflan.data.responders import make_responder
 from agentflan.data.sink import row_hash
 from agentflan.data.stage import Drop, Entry, Row, count_row, decode, encode, generate, map_records
@@ -36,7 +36,7 @@ from agentflan.data.stage import Drop, Entry, Row, count_row, decode, encode, ge
 PASS_A_SCHEMA = ROW_SCHEMA.append(pa.field("hash", pa.string()))
 PASS_B_SCHEMA = pa.schema(
     [
-        *CORPUS_SCHEMA,
+        *storage_schema(CORPUS_SCHEMA),  # JSON fields as text in flight; the corpus writer casts them
         *(f for f in ROW_SCHEMA if f.name not in CORPUS_SCHEMA.names),
         pa.field("hash", pa.string()),
     ]
@@ -127,9 +127,14 @@ def pass_a(items: list[dict[str, Any]], cfg: Config) -> list[Row]:
     d = cfg.data
     entries = read_stage(items)
     entries = map_records(entries, "filter", filter_record)
-    ff = functools.partial(make_format_following, seed=cfg.seed, per_25k=d.format_following_per_25k)
+    ff = functools.partial(
+        make_format_following, seed=cfg.seed, per_25k=d.format_following_per_25k, call_format=d.call_format
+    )
     entries = generate(entries, "format_following", lambda recs: [ff(r) for r in recs])
-    entries = map_records(entries, "align", functools.partial(align_record, seed=cfg.seed))
+    align = functools.partial(
+        align_record, seed=cfg.seed, call_format=d.call_format, native_thought=d.native_thought
+    )
+    entries = map_records(entries, "align", align)
     entries = map_records(entries, "decompose", decompose_record)
     rows = encode(entries)
     for row in rows:
@@ -163,7 +168,7 @@ def _to_corpus_row(entry: Entry) -> Row:
     if not isinstance(entry, Record):
         return {**entry, "messages": [], "split": ""}
     messages = [m.to_dict() for m in entry.messages]
-    tools = json.dumps(entry.tools, ensure_ascii=False)
+    tools = json.dumps(entry.tools, ensure_ascii=False)  # the hash's form; the column holds one text per tool
     meta = json.dumps(entry.meta, ensure_ascii=False, sort_keys=True)
     split = entry.meta.get("split", "train")
     text = json.dumps(messages, ensure_ascii=False)
@@ -173,7 +178,7 @@ def _to_corpus_row(entry: Entry) -> Row:
         "bucket": entry.bucket,
         "split": split,
         "messages": messages,
-        "tools": tools,
+        "tools": [json.dumps(t, ensure_ascii=False) for t in entry.tools],
         "meta": meta,
         "status": "ok",
         "stage": "",
@@ -195,7 +200,7 @@ class PassB:
         self.sampler = None
         if d.negatives.enabled:
             responder = make_responder(d.negatives.responder, cfg.seed)
-            self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed)
+            self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed, d.call_format)
 
     def _negatives(self, records: list[Record]) -> list[Record | Drop | None]:
         assert self.sampler is not None

@@ -285,7 +285,7 @@ def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record
                         source=row["source"],
                         bucket=row["bucket"],
                         messages=[Message.from_dict(m) for m in row["messages"]],
-                        tools=json.loads(row["tools"]),
+                        tools=[json.loads(t) if isinstance(t, str) else t for t in row["tools"] or []],
                         meta=json.loads(row["meta"]),
                     )
                 )

@@ -15,7 +15,10 @@ Reading happens in two steps so that Ray Data can spread the work and every erro
    ``answer_generation`` a raw ToolBench DFS answer tree (its ``train_messages``)
    ===================  =====================================================================
 
-JSON function calls are rendered as ReAct text here, so the aligner has one format to decompose.
+Function-calling datasets (OpenAI ``tools``/``tool_calls``, LLaMA-Factory's ``function_call`` turns, glaive,
+typed content parts, xLAM, Hermes, ToolACE) are recognised first (:mod:`agentflan.data.function_calling`) and
+keep their calls native (``Message.tool_calls``); the aligner writes them in the configured call format. A
+raw ToolBench answer's OpenAI function calls, inside ``answer_generation``, become ReAct text as before.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agentflan.data import function_calling
 from agentflan.data.react import parse_step, render_react
 from agentflan.data.record import Message, Record, validate_messages
 from agentflan.data.stage import Quarantine
@@ -283,16 +287,24 @@ def parse_item(item: dict[str, Any], source: str) -> tuple[Record, str]:
         obj = json.loads(item["raw"])
     except json.JSONDecodeError as e:
         raise RecordError("invalid_json", f"{e.msg} at column {e.colno}") from None
-    fmt = detect_format(obj)
     tools: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
-    if fmt == "toolbench_dfs":
+    fc_format = function_calling.detect(obj) if isinstance(obj, dict) else None
+    fmt = fc_format or detect_format(obj)
+    if fc_format:
+        try:
+            messages, tools = function_calling.read(fc_format, obj)
+        except function_calling.CallError as e:
+            raise RecordError(e.code, e.detail) from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise RecordError("bad_message", f"{fc_format} record: {type(e).__name__}: {e}") from None
+    elif fmt == "toolbench_dfs":
         messages, tools, meta = _dfs_messages(obj)
     elif fmt == "conversations":
         messages = _from_conversations(obj["conversations"])
     else:
         messages = _from_messages(obj["messages" if fmt == "messages" else "conversation"])
-    if not tools and isinstance(obj.get("tools"), list):
+    if not tools and not fc_format and isinstance(obj.get("tools"), list):
         tools = obj["tools"]
     if not tools:
         for m in messages:
@@ -315,7 +327,7 @@ def parse_item(item: dict[str, Any], source: str) -> tuple[Record, str]:
 
 
 def is_agent_record(record: Record) -> bool:
-    """An agent trajectory offers tools or has at least one assistant turn with a ReAct action."""
-    if record.tools:
+    """An agent trajectory offers tools, makes native calls or has an assistant turn with a ReAct action."""
+    if record.tools or any(m.tool_calls for m in record.messages):
         return True
     return any(m.role == "assistant" and parse_step(m.content) is not None for m in record.messages)

@@ -33,25 +33,38 @@ Capability = Literal[
     "understanding",  # filling in the tool's arguments
     "instruction_following",  # producing a required output format (ReAct or JSON)
     "general",  # plain chat replies, including the plain replies of negative samples
+    "tool_call",  # a native call message: thought, names and arguments weighed apart (Message.part_weights)
     "none",  # messages that are not trained on
 ]
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
-TRAINED_CAPABILITIES: tuple[str, ...] = tuple(c for c in CAPABILITIES if c != "none")
+TRAINED_CAPABILITIES: tuple[str, ...] = tuple(c for c in CAPABILITIES if c not in ("none", "tool_call"))
+# The parts of a native call message and the capability each one teaches (weights per part, see decompose).
+CALL_PARTS: dict[str, str] = {"reasoning": "reasoning", "names": "retrieval", "arguments": "understanding"}
 
 Status = Literal["ok", "filtered", "quarantined"]
 
 
 @dataclass
 class Message:
+    """One message. Besides the text, an assistant message may carry native calls (OpenAI's ``tool_calls``:
+    ``[{"id", "type": "function", "function": {"name", "arguments"}}]``, the arguments a JSON object as text)
+    and a ``reasoning`` text; a tool message carries the ``tool_call_id`` and ``name`` of the call it answers.
+    ``part_weights`` weighs the parts of a native call message apart: ``reasoning`` (its thought: the content
+    and reasoning), ``names`` (the function names) and ``arguments`` (retrieval and understanding)."""
+
     role: Role
     content: str
     loss: bool = False
     capability: Capability = "none"
     weight: float = 1.0
     name: str | None = None  # the tool's name on a tool message
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None
+    tool_call_id: str | None = None
+    part_weights: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "role": self.role,
             "content": self.content,
             "loss": self.loss,
@@ -59,17 +72,39 @@ class Message:
             "weight": self.weight,
             "name": self.name,
         }
+        # Native fields only where present: records without them keep their old form (and fingerprint).
+        for key in ("tool_calls", "reasoning", "tool_call_id", "part_weights"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Message:
+        calls = d.get("tool_calls")
         return cls(
             role=d["role"],
-            content=d["content"],
+            content=d["content"] if d.get("content") is not None else "",
             loss=bool(d.get("loss", False)),
             capability=d.get("capability") or "none",
             weight=float(d.get("weight", 1.0)),
             name=d.get("name"),
+            tool_calls=[_call_with_text_arguments(c) for c in calls] if calls else None,
+            reasoning=d.get("reasoning"),
+            tool_call_id=d.get("tool_call_id"),
+            part_weights=(
+                {k: float(v) for k, v in d["part_weights"].items() if v is not None}
+                if d.get("part_weights")
+                else None
+            ),
         )
+
+
+def _call_with_text_arguments(call: dict[str, Any]) -> dict[str, Any]:
+    """A call as stored in flight: arguments as JSON text (the corpus column decodes them to an object)."""
+    fn = dict(call["function"])
+    if not isinstance(fn.get("arguments"), str):
+        fn["arguments"] = json.dumps(fn.get("arguments") or {}, ensure_ascii=False)
+    return {"id": call.get("id"), "type": call.get("type") or "function", "function": fn}
 
 
 @dataclass
@@ -132,6 +167,16 @@ ROW_SCHEMA = pa.schema(
 
 # The corpus as written to disk: messages become a real nested column so that
 # ``datasets.load_dataset("parquet", ...)`` yields lists of dicts.
+# JSON-valued fields (a tool's schema, a call's arguments) are Arrow's JSON extension type on disk: `datasets`
+# reads them back as Python objects (its Json feature), which is what `apply_chat_template(messages,
+# tools=...)` and the trainers built on it (TRL, axolotl, LLaMA-Factory) take. In flight they are JSON text.
+CALL_TYPE = pa.struct(
+    [
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("function", pa.struct([("name", pa.string()), ("arguments", pa.json_())])),
+    ]
+)
 MESSAGE_TYPE = pa.struct(
     [
         ("role", pa.string()),
@@ -140,6 +185,10 @@ MESSAGE_TYPE = pa.struct(
         ("capability", pa.string()),
         ("weight", pa.float32()),
         ("name", pa.string()),
+        ("tool_calls", pa.list_(CALL_TYPE)),
+        ("reasoning", pa.string()),
+        ("tool_call_id", pa.string()),
+        ("part_weights", pa.struct([(part, pa.float32()) for part in CALL_PARTS])),
     ]
 )
 CORPUS_SCHEMA = pa.schema(
@@ -149,10 +198,27 @@ CORPUS_SCHEMA = pa.schema(
         ("bucket", pa.string()),
         ("split", pa.string()),
         ("messages", pa.list_(MESSAGE_TYPE)),
-        ("tools", pa.string()),
+        ("tools", pa.list_(pa.json_())),
         ("meta", pa.string()),
     ]
 )
+
+
+def storage_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with every extension type (JSON) replaced by its storage (text): the in-flight form."""
+    if isinstance(t, pa.BaseExtensionType):
+        return t.storage_type
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, storage_type(f.type)) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(storage_type(t.value_type))
+    return t
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, storage_type(f.type)) for f in schema])
+
+
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -199,7 +265,7 @@ def validate_messages(messages: list[Message]) -> tuple[str, str] | None:
             return "bad_message", f"message {i}: unknown role {m.role!r} (expected one of {', '.join(ROLES)})"
         if not isinstance(m.content, str):
             return "bad_message", f"message {i}: content is {type(m.content).__name__}, expected a string"
-        if not m.content.strip():
+        if not m.content.strip() and not (m.role == "assistant" and (m.tool_calls or m.reasoning)):
             return "empty_content", f"message {i} ({m.role}) has empty content"
     if not any(m.role == "assistant" for m in messages):
         return "no_assistant_message", "no assistant message"

@@ -154,9 +154,11 @@ class PassSink:
             real = ok.filter(pc.not_equal(ok.column("bucket"), "format_following"))
             self._collect_tools(real.column("tools").to_pylist())
 
-    def _collect_tools(self, tools: list[str]) -> None:
+    def _collect_tools(self, tool_lists: list[list[str] | str]) -> None:
         """Keep the ``tool_pool_size`` distinct tool lists with the smallest hashes: deterministic."""
-        for t in tools:
+        for tools in tool_lists:
+            # a corpus row holds one JSON text per tool; a decomposed row the list's JSON text
+            t = tools if isinstance(tools, str) else "[" + ", ".join(tools) + "]"
             if t == "[]" or t in self._pool_seen:
                 continue
             h = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big")

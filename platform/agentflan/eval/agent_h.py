@@ -55,14 +55,14 @@ def _shuffled(items: list[EvalQuery], seed: int, key: str) -> list[EvalQuery]:
     return out
 
 
-def _sample(case: str, q: EvalQuery, tools: list[dict], instruction: str) -> EvalSample:
+def _sample(case: str, q: EvalQuery, tools: list[dict], instruction: str, native: bool) -> EvalSample:
     return EvalSample(
         id=f"agent_h/{case}/{q.source}/{q.source_id}",
         case=case,
         expected=EXPECTED[case],
         source=q.source,
         query=q.query,
-        messages=prompt_messages(q.query, tools, instruction),
+        messages=prompt_messages(q.query, tools, instruction, native),
         tools=tools,
         reference=q.reference if case == "d" else None,
     )
@@ -82,7 +82,8 @@ def build_agent_h(
     ``exclude_queries`` holds normalised query texts (:func:`~agentflan.eval.sources.training_queries`);
     ``max_per_case`` caps a case (missing or None: no cap); ``max_hotpot`` caps the HotpotQA extras.
     ``output_format`` (``react``, ``json`` or None) adds that format instruction to the system prompt of
-    the cases that offer tools, as an agent is deployed: the paper's (b) and (d) prompts ask for a format,
+    the cases that offer tools, as an agent is deployed (``native``: no system prompt, the tools go to the chat
+    template): the paper's (b) and (d) prompts ask for a format,
     which is what makes a plain answer to (b) the hard, informative case.
     The manifest says, per case, how many the sources allow (after dedupe, exclusion and the split
     between cases sharing a pool) and how many were taken.
@@ -115,7 +116,8 @@ def build_agent_h(
                 tools = rng(seed, "agent_h_b_tools", q.source, q.source_id).choice(tool_lists)
             else:
                 tools = q.tools if case == "d" else []
-            samples.append(_sample(case, q, tools, FORMAT_INSTRUCTIONS.get(output_format or "", "")))
+            instruction = FORMAT_INSTRUCTIONS.get(output_format or "", "")
+            samples.append(_sample(case, q, tools, instruction, output_format == "native"))
 
     taken = {c: sum(s.case == c for s in samples) for c in CASES}
     manifest = {

@@ -18,7 +18,10 @@ the category's ``possible_answer`` file, with BFCL's rules (written from its pub
   strings compared after BFCL's normalisation (spaces and ``,./-_*^`` removed, lower case, ``'`` -> ``"``),
   lists element-wise, dicts key by key; an allowed value ``""`` means the parameter may be left out.
 * Native ``tool_calls`` cannot carry dots in names (OpenAI's pattern): as BFCL's function-calling handlers do,
-  a dotted function name is expected there with its dots turned into underscores.
+  a dotted function name is expected there with its dots turned into underscores. That holds for a reply
+  given as a ``tool_calls`` list, and for any reply to a native prompt (``native_prompt``: the functions were
+  offered through ``tools=`` with underscored names, :func:`openai_tools`), where the calls come back as the
+  template's text, such as ``<tool_call>`` tags.
 
 Java and JavaScript categories (whose values arrive as strings in the language's syntax) are not scored.
 """
@@ -468,12 +471,17 @@ def check_ast(
 
 
 def judge(
-    category: str, question: Mapping[str, Any], answers: Sequence[Mapping[str, Any]] | None, reply: Any
+    category: str,
+    question: Mapping[str, Any],
+    answers: Sequence[Mapping[str, Any]] | None,
+    reply: Any,
+    native_prompt: bool = False,
 ) -> Verdict:
-    """The verdict on one reply."""
+    """The verdict on one reply (``native_prompt``: the functions were offered natively, see the module)."""
     qid = str(question["id"])
     try:
         calls, native = decode_reply(reply)
+        native = native or native_prompt
     except DecodeError as e:
         calls, native, decode_error = [], False, str(e)
     else:
@@ -594,7 +602,8 @@ def prompts(
 ) -> dict[str, tuple[str, dict[str, Any], list | None, list[dict[str, str]]]]:
     """Question id -> (category, question, ground truth, chat messages) for the scorable categories: the
     functions are offered in the system prompt with the format instruction the model was trained to follow
-    (as the Agent-H and tool-use prompts do), then the question's own turns."""
+    (as the Agent-H and tool-use prompts do), then the question's own turns. ``native``: no tools in the
+    system prompt; the caller offers :func:`openai_tools` to the chat template."""
     from agentflan.data.align import FORMAT_INSTRUCTIONS, TOOLS_SYSTEM_PROMPT
 
     wanted = set(only) if only else None
@@ -611,7 +620,35 @@ def prompts(
             if instruction := FORMAT_INSTRUCTIONS.get(output_format, ""):
                 system += "\n" + instruction
             own_system = [t["content"] for t in turns if t["role"] == "system"]
-            messages = [{"role": "system", "content": "\n\n".join([system, *own_system])}]
+            system_parts = own_system if output_format == "native" else [system, *own_system]
+            messages = [{"role": "system", "content": "\n\n".join(system_parts)}] if system_parts else []
             messages += [{"role": t["role"], "content": t["content"]} for t in turns if t["role"] != "system"]
             out[str(q["id"])] = (category, q, answers.get(str(q["id"])), messages)
     return out
+
+
+# BFCL's own types to JSON Schema, as BFCL's function-calling handlers convert them (GORILLA_TO_OPENAPI).
+_OPENAPI_TYPES = {
+    "dict": "object", "float": "number", "tuple": "array", "list": "array", "any": "string", "bool": "boolean",
+    "byte": "integer", "short": "integer", "long": "integer", "double": "number", "char": "string",
+    "ArrayList": "array", "Array": "array", "HashMap": "object", "Hashtable": "object", "Queue": "array",
+    "Stack": "array", "Any": "string", "String": "string", "Bigint": "integer",
+}  # fmt: skip
+
+
+def openai_tools(functions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A question's functions as OpenAI tools for a native prompt: JSON Schema types, and dots in names as
+    underscores (OpenAI's name pattern; replies are then judged with ``native_prompt``, which expects them so)."""
+
+    def schema(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            out = {k: schema(v) for k, v in node.items()}
+            if isinstance(out.get("type"), str):
+                out["type"] = _OPENAPI_TYPES.get(out["type"], out["type"])
+            return out
+        return [schema(v) for v in node] if isinstance(node, list) else node
+
+    return [
+        {"type": "function", "function": {**schema(dict(f)), "name": str(f["name"]).replace(".", "_")}}
+        for f in functions
+    ]

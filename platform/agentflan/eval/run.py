@@ -22,12 +22,12 @@ from typing import Any
 from agentflan.config import Config
 from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
-from agentflan.data.record import TRAINED_CAPABILITIES, Record
+from agentflan.data.record import CALL_PARTS, TRAINED_CAPABILITIES, Message, Record
 from agentflan.eval import bfcl
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.quality import degenerate_count, too_weak
-from agentflan.eval.sources import EvalSources, training_queries
+from agentflan.eval.sources import EvalSources, prompt_tools, training_queries
 from agentflan.eval.stats import wilson
 from agentflan.eval.tool_calls import build_tool_use_set, score_tool_use
 
@@ -41,7 +41,9 @@ class _Generate:
         self.gen = ChatGenerator(model_path, max_new_tokens, batch_size, "cuda" if use_gpu else "cpu")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        replies = self.gen.generate([json.loads(m) for m in batch["messages"]])
+        replies = self.gen.generate(
+            [json.loads(m) for m in batch["messages"]], [json.loads(t) for t in batch["tools"]]
+        )
         return {"id": list(batch["id"]), "reply": replies}
 
 
@@ -50,17 +52,22 @@ def generate(
     model_path: str,
     prompts: dict[str, list[dict[str, str]]],
     on_reply: Callable[[int], None] = lambda n: None,
+    tools: dict[str, list[dict[str, Any]] | None] | None = None,
 ) -> dict[str, str]:
     """Greedy replies to every prompt, on a Ray Data actor pool. Prompts go in longest first, so a batch holds
     prompts of similar length (less left padding) and the slowest batches start first; ``on_reply`` is
-    told how many replies have arrived (the console's progress bar)."""
+    told how many replies have arrived (the console's progress bar). ``tools[id]``, where given, is offered
+    natively (``tools=``) to that prompt."""
     import ray
 
     from agentflan.ray_utils import ensure_ray
 
     ensure_ray()
     e = cfg.eval
-    items = [{"id": k, "messages": json.dumps(v)} for k, v in prompts.items()]
+    tools = tools or {}
+    items = [
+        {"id": k, "messages": json.dumps(v), "tools": json.dumps(tools.get(k))} for k, v in prompts.items()
+    ]
     items.sort(key=lambda it: (-len(it["messages"]), it["id"]))
     ds = ray.data.from_items(items).map_batches(
         _Generate,
@@ -83,21 +90,40 @@ def generate(
 
 
 def heldout_samples(cfg: Config, tokenizer, records: list[Record]) -> dict[str, list[Any]]:
-    """The validation records encoded once per capability: each sample trains only that capability's turns."""
+    """The validation records encoded once per capability: each sample trains only that capability's tokens
+    (whole turns, or the parts of native call messages: thought, names, arguments; see :func:`_for_capability`)."""
+    from agentflan.train.data import encoding_template
     from agentflan.train.templates import encode_conversation
 
-    template = None if cfg.train.model.template == "model" else cfg.train.model.template
+    template = encoding_template(cfg)
     out: dict[str, list[Any]] = {c: [] for c in TRAINED_CAPABILITIES}
     for rec in records:
-        for cap in sorted({m.capability for m in rec.messages if m.role == "assistant"} & set(out)):
-            msgs = [
-                {**m.to_dict(), "loss": m.role == "assistant" and m.capability == cap, "weight": 1.0}
-                for m in rec.messages
-            ]
-            sample = encode_conversation(msgs, tokenizer, template, max_length=cfg.train.seq_len)
+        caps = set()
+        for m in rec.messages:
+            if m.role == "assistant":
+                caps |= (
+                    {CALL_PARTS[p] for p in m.part_weights or {}}
+                    if m.capability == "tool_call"
+                    else {m.capability}
+                )
+        for cap in sorted(caps & set(out)):
+            msgs = [_for_capability(m, cap) for m in rec.messages]
+            sample = encode_conversation(
+                msgs, tokenizer, template, max_length=cfg.train.seq_len, tools=rec.tools or None
+            )
             if sample.n_trained:
                 out[cap].append(sample)
     return out
+
+
+def _for_capability(m: Message, cap: str) -> dict[str, Any]:
+    """A message trained only where it teaches ``cap``, at weight 1; a native call message's structure (tags,
+    braces) is left out, so each capability's loss is over its own tokens."""
+    d = {**m.to_dict(), "loss": m.role == "assistant" and m.capability == cap, "weight": 1.0}
+    if m.role == "assistant" and m.capability == "tool_call":
+        parts = {p: float(CALL_PARTS[p] == cap) for p in m.part_weights or {}}
+        d.update(loss=any(parts.values()), weight=0.0, part_weights=parts)
+    return d
 
 
 def heldout_loss(
@@ -313,9 +339,19 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         bfcl.prompts(b.data_dir, b.categories, b.max_per_category, e.output_format) if b.data_dir else {}
     )
     prompts.update({f"bfcl/{qid}": item[3] for qid, item in bfcl_set.items()})
+    native_tools = None
+    if e.output_format == "native":  # the tools go to the chat template, as a server offers them
+        native_tools = {s.id: prompt_tools(s.tools) for s in [*agent_h.samples, *tool_use.samples]}
+        native_tools.update(
+            {f"bfcl/{qid}": bfcl.openai_tools(item[1]["function"]) for qid, item in bfcl_set.items()}
+        )
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
     replies = generate(
-        cfg, model_path, prompts, lambda n: count(progress, "eval: generate", n, len(prompts), unit="replies")
+        cfg,
+        model_path,
+        prompts,
+        lambda n: count(progress, "eval: generate", n, len(prompts), unit="replies"),
+        native_tools,
     )
     progress("eval: scoring")
     every = list(replies.values())
@@ -329,7 +365,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         ),
         "tool_use_set": tool_use.manifest,
         "validation_loss": validation_loss(cfg, model_path, heldout_records(cfg, corpus)),
-        "bfcl": _score_bfcl(bfcl_set, replies) if bfcl_set else None,
+        "bfcl": _score_bfcl(bfcl_set, replies, e.output_format == "native") if bfcl_set else None,
         "quality": {
             "n": len(every),
             "degenerate": degenerate,
@@ -377,10 +413,10 @@ def _plots(report: dict[str, Any], out: Path) -> dict[str, str]:
     return made
 
 
-def _score_bfcl(questions: dict[str, tuple], replies: dict[str, str]) -> dict[str, Any]:
+def _score_bfcl(questions: dict[str, tuple], replies: dict[str, str], native: bool) -> dict[str, Any]:
     """BFCL verdicts of the model's replies (agentflan.eval.bfcl), and accuracy per category with intervals."""
     verdicts = [
-        bfcl.judge(category, question, answers, replies[f"bfcl/{qid}"])
+        bfcl.judge(category, question, answers, replies[f"bfcl/{qid}"], native_prompt=native)
         for qid, (category, question, answers, _) in questions.items()
     ]
     return {"summary": bfcl.summarize(verdicts), "verdicts": [v.to_dict() for v in verdicts]}

@@ -225,14 +225,24 @@ def dedupe(
     return kept
 
 
-def prompt_messages(query: str, tools: list[dict[str, Any]], instruction: str = "") -> list[dict[str, str]]:
-    """System turn (only when tools are offered) plus the user turn, as the training negatives show tools."""
+def prompt_messages(
+    query: str, tools: list[dict[str, Any]], instruction: str = "", native: bool = False
+) -> list[dict[str, str]]:
+    """System turn (only when tools are offered) plus the user turn, as the training negatives show tools.
+    ``native``: the user turn alone; the tools go to the chat template (``tools=``, :func:`prompt_tools`)."""
     messages = []
-    if tools:
+    if tools and not native:
         system = TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(tools, ensure_ascii=False))
         messages.append({"role": "system", "content": system + (f"\n{instruction}" if instruction else "")})
     messages.append({"role": "user", "content": query})
     return messages
+
+
+def prompt_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The tools of a native prompt in OpenAI's wrapper (what tool-calling templates take), or None."""
+    from agentflan.data.function_calling import normalize_tools
+
+    return normalize_tools(tools) or None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ chat   the chat-aligned protocol the model is tuned on (:mod:`agentflan.data.ali
 react  ``Thought: ...\\nAction: name\\nAction Input: {json}`` (other ReAct dialects are read by
        :func:`~agentflan.data.react.parse_step` too, but are not *valid*: see below)
 json   ``{"name", "arguments"}`` or ``{"thought", "name", "arguments"}``, bare or in a ```json fence
+native what a tool-calling chat template writes (``eval.output_format: native``, tools passed as
+       ``tools=``): Hermes/Qwen ``<tool_call>{"name", "arguments"}</tool_call>`` blocks (text may
+       precede them; parallel calls are several blocks, the first is scored), or Llama-3.1's bare
+       ``{"name", "parameters"}``
 =====  ==========================================================================================
 
 A call is **valid** when it could be executed as it stands: the format's structure is all there (the
@@ -47,7 +51,7 @@ from agentflan.eval.sources import (
 )
 from agentflan.eval.stats import bootstrap, wilson
 
-CallFormat = Literal["chat", "react", "json"]
+CallFormat = Literal["chat", "react", "json", "native"]
 CALL_FORMATS: tuple[str, ...] = get_args(CallFormat)
 Reply = str | Sequence[str]  # one text, or the assistant turns of the chat-aligned protocol
 
@@ -74,6 +78,7 @@ _OBSERVATION_LINE = re.compile(r"^[ \t]*Observation(?:[ \t]+\d+)?[ \t]*:", re.I 
 _JSON_CALL_KEYS = {"thought", "name", "arguments"}
 _JSON_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
 _JSON_ARGS = re.compile(r'"arguments"\s*:\s*(.*?)[\s`]*$', re.S)  # the rest, less a closing fence
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
 def _whole_json(text: str) -> tuple[bool, Any]:
@@ -134,6 +139,32 @@ def _from_json(value: Any, exact: bool) -> ToolCall | None:
     return ToolCall(value["name"].strip(), arguments, "json", not error, error)
 
 
+def _from_native(text: str) -> ToolCall | None:
+    """The first ``<tool_call>`` block of a reply (Hermes/Qwen templates), or a whole-reply Llama-3.1 call."""
+    blocks = _TOOL_CALL_BLOCK.findall(text)
+    if not blocks:
+        ok, value = _whole_json(text)
+        if (
+            ok
+            and isinstance(value, dict)
+            and set(value) == {"name", "parameters"}
+            and isinstance(value["name"], str)
+        ):
+            arguments, error = _decode_arguments(value["parameters"])
+            return ToolCall(value["name"].strip(), arguments, "native", not error, error)
+        return None
+    ok, value = _whole_json(blocks[0])
+    if not (ok and isinstance(value, dict) and isinstance(value.get("name"), str)):
+        name = m.group(1) if (m := _JSON_NAME.search(blocks[0])) else None
+        return ToolCall(name, None, "native", False, "a <tool_call> block that is not a JSON call")
+    arguments, error = _decode_arguments(value.get("arguments"))
+    if not error and (extra := sorted(set(value) - {"name", "arguments"})):
+        error = f"unexpected keys {extra}"
+    if not error and "</tool_call>" not in text:
+        error = "no closing </tool_call>"
+    return ToolCall(value["name"].strip(), arguments, "native", not error, error)
+
+
 def _from_react(text: str) -> ToolCall | None:
     step = parse_step(text)
     if step is None:
@@ -177,12 +208,15 @@ def _from_chat(turns: Sequence[str], tool_names: Collection[str]) -> ToolCall:
 
 
 def _from_text(text: str) -> ToolCall:
-    """JSON that is the whole reply first, then ReAct, then a JSON call anywhere in the text, then a
-    reply that starts as a JSON call but does not parse (a malformed call is a call, not a missed one).
+    """A native call first (``<tool_call>`` tags; a Llama-3.1 call), then JSON that is the whole reply, then
+    ReAct, then a JSON call anywhere in the text, then a reply that starts as a JSON call but does not parse
+    (a malformed call is a call, not a missed one).
 
     ReAct comes before the lenient search because its Action Input is a JSON object that may itself
     have a ``name`` key.
     """
+    if (call := _from_native(text)) is not None:
+        return call
     ok, value = _whole_json(text)
     if ok and (call := _from_json(value, exact=True)):
         return call
@@ -349,6 +383,7 @@ def build_tool_use_set(
     """Held-out tool queries (ToolBench tooleval G1, T-Eval plan) with their tools and first reference call.
 
     Deterministic: each source is shuffled with the seed, then cut to ``max_per_source``. For the
+    ``native`` format the tools go to the chat template and there is no system prompt; for the
     ``react`` and ``json`` formats the system prompt adds the same format instruction the
     format-following training samples use; ``chat`` adds none (the harness elicits tool and arguments).
     """
@@ -372,7 +407,7 @@ def build_tool_use_set(
                 expected="call",
                 source=q.source,
                 query=q.query,
-                messages=prompt_messages(q.query, q.tools, instruction),
+                messages=prompt_messages(q.query, q.tools, instruction, output_format == "native"),
                 tools=q.tools,
                 reference=q.reference,
             )

@@ -24,6 +24,7 @@ from agentflan.data.pipeline import read_corpus
 from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
 from agentflan.train.tokenizer import adapt_tokenizer, train_bpe_tokenizer
+from agentflan.train.tool_templates import JINJA_TEMPLATES
 
 ROW_SCHEMA = pa.schema(
     [
@@ -45,9 +46,37 @@ class PackedData:
     stats: dict[str, Any]
 
 
-def corpus_split(output_dir: Path, split: str) -> list[list[dict[str, Any]]]:
-    """The message lists of one split of the corpus written by the data pipeline, in id order."""
-    return [[m.to_dict() for m in r.messages] for r in read_corpus(output_dir, split)]
+@dataclass
+class Conversation:
+    """One corpus row as training reads it: message dicts and the tools offered (JSON-schema functions)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+
+    def texts(self) -> list[str]:
+        """Every text in it (contents, reasoning, call arguments, tool schemas): what a tokenizer learns from."""
+        out = [json.dumps(t, ensure_ascii=False) for t in self.tools]
+        for m in self.messages:
+            out += [m["content"], m.get("reasoning") or ""]
+            out += [
+                c["function"]["name"] + " " + c["function"]["arguments"] for c in m.get("tool_calls") or []
+            ]
+        return [t for t in out if t]
+
+
+def corpus_split(output_dir: Path, split: str) -> list[Conversation]:
+    """One split of the corpus written by the data pipeline, in id order."""
+    return [
+        Conversation([m.to_dict() for m in r.messages], list(r.tools or []))
+        for r in read_corpus(output_dir, split)
+    ]
+
+
+def encoding_template(cfg: Config) -> str | None:
+    """The named text template to encode with, or None: the tokenizer's own ``chat_template`` (the model's, or
+    a named tool-calling template that :func:`load_tokenizer` set on it)."""
+    template = cfg.train.model.template
+    return None if template == "model" or template in JINJA_TEMPLATES else template
 
 
 def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
@@ -69,10 +98,10 @@ def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedT
 
 
 def encode_split(
-    conversations: list[list[dict[str, Any]]], tok: PreTrainedTokenizerBase, cfg: Config
+    conversations: list[Conversation], tok: PreTrainedTokenizerBase, cfg: Config
 ) -> list[EncodedSample]:
-    template = None if cfg.train.model.template == "model" else cfg.train.model.template
-    return [encode_conversation(msgs, tok, template) for msgs in conversations]
+    template = encoding_template(cfg)
+    return [encode_conversation(c.messages, tok, template, tools=c.tools) for c in conversations]
 
 
 def rows_table(rows: list[PackedRow], seed: int) -> pa.Table:
@@ -141,7 +170,7 @@ def prepare(cfg: Config) -> PackedData:
     convs = {"train": corpus_split(out, "train"), "validation": corpus_split(heldout, "validation")}
     if not convs["train"]:
         raise ValueError(f"the corpus under {out} has no train split")
-    texts = [m["content"] for msgs in convs["train"] for m in msgs]
+    texts = [text for c in convs["train"] for text in c.texts()]
     tok = load_tokenizer(cfg, texts, train_dir / "tokenizer")
     stats: dict[str, Any] = {}
     pad_id = tok.pad_token_id

@@ -11,13 +11,15 @@ tokenizer families, and two model templates).
 
 * A named template is data (:class:`ChatTemplate`). Each message is rendered into segments (the header that
   opens it, the part that may be trained on, the separator after it); the trained segments are the spans.
-* The model's own template is a black box; :func:`_own_template_spans` finds the assistant spans by rendering
-  prefixes of the conversation (see there).
+* The model's own template (or a named tool-calling one, :mod:`~agentflan.train.tool_templates`) is a black
+  box; :mod:`~agentflan.train.model_template` finds the assistant spans, and the parts of a native call
+  message, by rendering prefixes of the conversation (see there).
 
 Only assistant messages with ``loss`` true are trained on. Their trained span is the content plus the
 end-of-turn marker (``<|im_end|>``, ``</s>``, ``ി``), because the model must learn to stop; the header that opens
 the turn (``<|im_start|>assistant\\n``) is prompt, not answer. Each trained token carries its message's
-``weight``; every other token has label -100 and weight 0. Tool messages are written as the template's
+``weight``; every other token has label -100 and weight 0 (so does a message of weight 0: counted as a trained
+token it would add nothing to the loss sum but dilute the mean). Tool messages are written as the template's
 observation side: a ``tool`` turn in ChatML, a user turn in Llama-2 and Agent-FLAN.
 
 The first token's label is always -100: nothing predicts it, and clearing it means a packed row (where the
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from agentflan.train.model_template import Span, template_spans
 
 IGNORE_INDEX = -100  # the label torch's cross-entropy skips
 
@@ -285,18 +289,26 @@ def encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     template: str | ChatTemplate | None,
     max_length: int | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> EncodedSample:
     """Tokenize a conversation with labels and weights.
 
     ``messages`` are the canonical record's message dicts (``role``, ``content``, ``loss``, ``weight``...).
     ``template`` names a template in :data:`TEMPLATES` (or is one), or is None for the tokenizer's own
-    ``chat_template``. ``max_length`` truncates to the first ``max_length`` tokens. The ids are those of the
-    whole rendered text tokenized at once (a fast tokenizer is needed, for the offsets).
+    ``chat_template`` (also a named tool-calling one set on it, :mod:`~agentflan.train.tool_templates`), which
+    renders ``tools`` and native calls (:mod:`~agentflan.train.model_template`). ``max_length`` truncates to
+    the first ``max_length`` tokens. The ids are those of the whole rendered text tokenized at once (a fast
+    tokenizer is needed, for the offsets).
     """
     if not tokenizer.is_fast:
         raise ValueError("training needs a fast tokenizer (for offsets); load it with use_fast=True")
     if template is None:
-        text, spans = _own_template_spans(messages, tokenizer)
+        text, spans = template_spans(messages, tokenizer, tools)
+    elif any(m.get("tool_calls") for m in messages):
+        raise ValueError(
+            f"template {get_template(template).name!r} does not write native tool calls; use the model's own "
+            "template or a tool-calling one (hermes, llama31)"
+        )
     else:
         text, spans = _named_template_spans(messages, template, tokenizer.bos_token, tokenizer.eos_token)
     ids, token_weights = _tokenize_spans(text, spans, tokenizer, stop_at_marker=template is None)
@@ -308,101 +320,34 @@ def encode_conversation(
     return sample.truncate(max_length) if max_length is not None else sample
 
 
-@dataclass(frozen=True)
-class _Span:
-    """Characters ``[start, stop)`` of the text are trained on with ``weight``; for the model's own template,
-    training stops after the first control token at or after ``content_end`` (its end-of-turn marker)."""
-
-    start: int
-    stop: int
-    weight: float
-    content_end: int | None = None
-
-
 def _named_template_spans(
     messages: Sequence[Mapping[str, Any]], template: str | ChatTemplate, bos: str | None, eos: str | None
-) -> tuple[str, list[_Span]]:
+) -> tuple[str, list[Span]]:
     text, spans = "", []
     for seg in render_segments(messages, template, bos, eos):
         if seg.weight is not None:
-            spans.append(_Span(len(text), len(text) + len(seg.text), seg.weight))
+            spans.append(Span(len(text), len(text) + len(seg.text), seg.weight))
         text += seg.text
     return text, spans
 
 
 def _tokenize_spans(
-    text: str, spans: list[_Span], tokenizer: PreTrainedTokenizerBase, stop_at_marker: bool
+    text: str, spans: list[Span], tokenizer: PreTrainedTokenizerBase, stop_at_marker: bool
 ) -> tuple[list[int], list[float | None]]:
-    """Tokenize ``text`` once; a token whose first character lies in a span gets the span's weight."""
+    """Tokenize ``text`` once; a token whose first character lies in a span gets the span's weight (the last
+    such span's, where spans nest)."""
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoding["input_ids"]
     starts = [start for start, _ in encoding["offset_mapping"]]
-    control_ids = set(tokenizer.added_tokens_decoder) if stop_at_marker else set()
+    control_ids = (
+        {i for i, t in tokenizer.added_tokens_decoder.items() if t.special} if stop_at_marker else set()
+    )
     token_weights: list[float | None] = [None] * len(ids)
     for span in spans:
         k = bisect.bisect_left(starts, span.start)
         while k < len(ids) and starts[k] < span.stop:
-            token_weights[k] = span.weight
+            token_weights[k] = span.weight or None  # weight 0 is not trained: it would only dilute the mean
             if span.content_end is not None and starts[k] >= span.content_end and ids[k] in control_ids:
                 break
             k += 1
     return ids, token_weights
-
-
-def _own_template_spans(
-    messages: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase
-) -> tuple[str, list[_Span]]:
-    """The text and trained spans under the tokenizer's own ``chat_template``.
-
-    The template is a black box, so spans are found by rendering prefixes of the conversation as text:
-
-    * a trained reply starts where ``messages[:i]`` rendered with the generation prompt ends (so the header is
-      not trained) and lies within ``messages[:i + 1]``;
-    * within that, training stops after the first control token (an added token: ``<|im_end|>``, ``</s>``,
-      ``<|eot_id|>``) that follows the reply's content, i.e. the end-of-turn marker; a separator after it (a
-      newline) is not trained. A template with no such marker trains to the end of the message.
-
-    A template that does not render prefix-consistently (one that rewrites earlier turns, such as dropping
-    past reasoning) cannot be handled this way and raises; use a named template for it.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the tokenizer has no chat_template; pass a named template ({', '.join(TEMPLATES)})"
-        )
-    chat = [_chat_message(m) for m in messages]
-
-    def render(n: int, generation_prompt: bool = False) -> str:
-        if n == 0:
-            return ""
-        return tokenizer.apply_chat_template(
-            chat[:n], tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    full = render(len(chat))
-    spans: list[_Span] = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant" or not message.get("loss", False):
-            continue
-        if i == 0:
-            raise ValueError(
-                "message 0 is a trained assistant message: its header cannot be told from its reply"
-            )
-        head, through = render(i, generation_prompt=True), render(i + 1)
-        if not (full.startswith(head) and full.startswith(through)):
-            raise ValueError(
-                f"message {i}: the tokenizer's chat template does not render this conversation "
-                f"prefix-consistently; pass a named template ({', '.join(TEMPLATES)})"
-            )
-        content = message["content"].strip()
-        found = full.find(content, len(head), len(through)) if content else -1
-        content_end = found + len(content) if found >= 0 else len(head)
-        spans.append(_Span(len(head), len(through), float(message.get("weight", 1.0)), content_end))
-    return full, spans
-
-
-def _chat_message(message: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys a Hugging Face template reads; our training keys (loss, weight...) stay out of its way."""
-    out = {"role": message["role"], "content": message["content"]}
-    if message["role"] == "tool" and message.get("name"):
-        out["name"] = message["name"]
-    return out

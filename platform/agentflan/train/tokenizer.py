@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from agentflan.train.templates import get_template, to_jinja
+from agentflan.train.templates import ChatTemplate, get_template, to_jinja
+from agentflan.train.tool_templates import JINJA_TEMPLATES, JinjaTemplate
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
@@ -30,7 +31,7 @@ def train_bpe_tokenizer(
     ``vocab_size`` counts the 256 byte symbols and the special tokens; pairs seen fewer than ``min_frequency``
     times are not merged, so a small corpus may give a smaller vocabulary.
     """
-    chat = get_template(template)
+    chat = _spec(template)
     special_tokens = [BOS, EOS, PAD, UNK, *chat.special_tokens]
     if vocab_size < 256 + len(special_tokens):
         raise ValueError(
@@ -55,7 +56,7 @@ def train_bpe_tokenizer(
         pad_token=PAD,
         unk_token=UNK,
         extra_special_tokens=list(chat.special_tokens),
-        chat_template=to_jinja(chat),
+        chat_template=_jinja(chat),
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
@@ -74,15 +75,25 @@ def adapt_tokenizer(tok: PreTrainedTokenizerBase, template: str) -> list[str]:
 
     Returns the tokens added.
     """
-    chat = get_template(template)
+    chat = _spec(template)
     vocab = tok.get_vocab()
     missing = [t for t in chat.special_tokens if t not in vocab]
     if missing:
         tok.add_tokens(missing, special_tokens=True)
-    tok.chat_template = to_jinja(chat)
+    tok.chat_template = _jinja(chat)
     end = chat.end_of_turn(tok.eos_token)
     if end and end != tok.eos_token and end in tok.get_vocab():
         tok.eos_token = end
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return missing
+
+
+def _spec(template: str) -> ChatTemplate | JinjaTemplate:
+    """A text template (:mod:`~agentflan.train.templates`) or a tool-calling Jinja one
+    (:mod:`~agentflan.train.tool_templates`): both give markers, an end-of-turn marker and a Jinja source."""
+    return JINJA_TEMPLATES[template] if template in JINJA_TEMPLATES else get_template(template)
+
+
+def _jinja(chat: ChatTemplate | JinjaTemplate) -> str:
+    return chat.source if isinstance(chat, JinjaTemplate) else to_jinja(chat)

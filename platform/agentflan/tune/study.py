@@ -48,7 +48,7 @@ def study_tokenizer(cfg: Config, directory: Path) -> str | None:
     if m.tokenizer or m.name_or_path:
         return None
     if not (directory / "tokenizer.json").exists():
-        texts = [msg["content"] for msgs in corpus_split(Path(cfg.output_dir), "train") for msg in msgs]
+        texts = [text for c in corpus_split(Path(cfg.output_dir), "train") for text in c.texts()]
         load_tokenizer(cfg, texts, directory)
     return str(directory)
 
