@@ -230,3 +230,50 @@ def test_searchers_draw_trials_from_every_space_kind():
 
     first = draws()
     assert first == draws() and len({c["lr"] for c in first}) == 3
+
+
+CACHED_STUDY = """
+name: cached
+objective: {metric: val_loss, mode: min}
+search: {kind: grid}
+params:
+  react_share: {grid: [0.1, 0.9]}
+"""
+
+
+@pytest.mark.ray
+def test_a_study_asks_a_model_backed_responder_once_per_query(
+    ray_session, shared_data, tiny_model_dir, tmp_path
+):
+    """The negatives of a decomposed corpus are written once: the study's base run asks the model, every
+    trial's re-mix answers from the cache beside ``decomposed/`` (counted in each manifest)."""
+    import json
+
+    space = tmp_path / "cached.yaml"
+    space.write_text(CACHED_STUDY)
+    out = tmp_path / "out"
+    s = shared_data
+    args = [
+        f"output_dir={out}",
+        f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
+        f"{{path: {s}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
+        f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+        f"data.negatives.responder={{kind: hf, model: {tiny_model_dir}, max_new_tokens: 4}}",
+        "data.negatives.case_c_rate=0.05",
+        "data.negatives.case_b_rate=1.0",
+        "data.engine=local",
+        "train.seq_len=256",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.max_steps=1",
+        "tune.evaluate=false",
+        "tune.resources_per_worker={CPU: 0.5}",
+    ]
+    assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
+    base = json.loads((out / "manifest.json").read_text())["responder"]
+    assert base["asked"] > 20 and base["cached"] == 0
+    trials = sorted((out / "tune" / "cached" / "trials").glob("*/manifest.json"))
+    assert len(trials) == 2
+    for manifest in trials:
+        calls = json.loads(manifest.read_text())["responder"]
+        assert calls["asked"] == 0 and 0 < calls["cached"] <= base["asked"] + base["cached"]

@@ -58,8 +58,28 @@ class ResponderConfig(_Strict):
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     max_new_tokens: int = Field(256, gt=0)
-    batch_size: int = Field(8, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
+    batch_size: int = Field(8, gt=0, description="hf: prompts generated together.")
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds one request may take.")
+    concurrency: int = Field(
+        8, gt=0, description="openai: requests in flight at once per worker (a server batches them)."
+    )
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="openai: retries of a request after a connection error, timeout, 408, 429 or 5xx; "
+        "a request still failing is quarantined (responder_failed), the rest of its batch kept.",
+    )
+    retry_backoff_s: float = Field(
+        1.0,
+        gt=0,
+        description="openai: the first retry waits about this long, doubling each time, with jitter; "
+        "a Retry-After header from the server takes precedence.",
+    )
+
+    num_actors: int = Field(
+        1, gt=0, description="hf: Ray Data actors generating at once (each loads the model once)."
+    )
+    num_gpus: float = Field(0, ge=0, description="hf: GPUs per actor (1 puts each on a GPU, in bf16).")
 
     @model_validator(mode="after")
     def _needs(self) -> ResponderConfig:
@@ -125,6 +145,12 @@ class DataConfig(_Strict):
     )
     num_cpus: int | None = Field(None, gt=0, description="CPUs for a Ray instance started here.")
     batch_size: int = Field(256, gt=0)
+    split_bytes: int = Field(
+        16 << 20,
+        gt=0,
+        description="Input files larger than this are read by several tasks (JSONL line ranges, JSON array "
+        "elements, parquet row groups), one per this many bytes.",
+    )
     max_record_bytes: int = Field(1_000_000, gt=0, description="Larger raw records are quarantined.")
     call_format: Literal["chat", "react", "native"] = Field(
         "chat",
@@ -243,6 +269,19 @@ class TrainConfig(_Strict):
     model: ModelConfig = ModelConfig()
     seq_len: int = Field(1024, gt=8)
     packing: bool = True
+    pack_block_samples: int = Field(
+        4096,
+        gt=0,
+        description="Samples packed together: a split is cut, in a seeded order, into blocks of this many; each "
+        "block is packed (best-fit-decreasing) and written as one shard by one worker. "
+        "train/data_stats.json compares the blocks' real-token share with one packing of the whole split.",
+    )
+    tokenize_actors: int = Field(
+        2,
+        gt=0,
+        description="Ray Data actors that tokenize the corpus under data.engine=ray (each loads the tokenizer "
+        "once; fewer start where CPUs are short).",
+    )
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
     lr: float = Field(2e-5, gt=0)

@@ -4,63 +4,31 @@ OpenAI-compatible endpoint (a stub server stands in: no endpoint can be reached 
 from __future__ import annotations
 
 import json
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agentflan.config import ResponderConfig
-from agentflan.data.record import Message
+from agentflan.config import NegativesConfig, ResponderConfig
+from agentflan.data.negatives import NegativeSampler
+from agentflan.data.record import Message, Record
 from agentflan.data.responders import (
     HFResponder,
     NegativeRequest,
     OpenAIResponder,
+    ResponderFailure,
     TemplateResponder,
     make_responder,
 )
+from agentflan.data.stage import generate
 
 
 def request(i: int, case: str = "c") -> NegativeRequest:
     return NegativeRequest(f"r{i}", case, [Message("user", f"What is the weather in city number {i}?")])
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
-    """A 2-layer Llama with a BPE tokenizer trained on real chats: no download."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    chats = json.loads((shared_data / "general/fastchat_dummy_conversation.json").read_text())
-    texts = [t["value"] for c in chats for t in c["conversations"]]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    fast.chat_template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=fast.pad_token_id,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    fast.save_pretrained(out)
-    return out
 
 
 def test_hf_responder_generates_deterministically(tiny_model_dir):
@@ -73,6 +41,25 @@ def test_hf_responder_generates_deterministically(tiny_model_dir):
     assert responder.respond(reqs) == first  # greedy
     # batching (left padding) does not change an answer
     assert HFResponder(cfg.model_copy(update={"batch_size": 1})).respond(reqs) == first
+
+
+def test_hf_responder_generates_in_batches(tiny_model_dir):
+    """5 prompts at batch_size 2 are 3 calls of the model, not 5; the model loads on the first request."""
+    responder = HFResponder(
+        ResponderConfig(kind="hf", model=str(tiny_model_dir), max_new_tokens=4, batch_size=2)
+    )
+    assert responder._generator is None
+    model = responder.generator.model
+    sizes = []
+    real = model.generate
+
+    def counting(**kw):
+        sizes.append(kw["input_ids"].shape[0])
+        return real(**kw)
+
+    model.generate = counting
+    assert len(responder.respond([request(i) for i in range(5)])) == 5
+    assert sorted(sizes) == [1, 2, 2]
 
 
 def test_hf_responder_in_the_ray_pipeline(ray_session, tiny_model_dir, shared_data, tmp_path):
@@ -95,51 +82,148 @@ def test_hf_responder_in_the_ray_pipeline(ray_session, tiny_model_dir, shared_da
     assert neg["in"] > 5 and neg["in"] == neg["out"] + neg["filtered"] + neg["quarantined"]
 
 
-class _Stub(BaseHTTPRequestHandler):
-    seen: list[dict] = []
+class Endpoint:
+    """A stub OpenAI-compatible server on a thread per request. ``script(query, attempt)`` says what the
+    attempt-th request (from 1) for a query gets: ``(status, headers)``; a 200 answers "Plain answer to: ..."."""
 
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Stub.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        reply = {
-            "choices": [
-                {
-                    "message": {
-                        "role": "assistant",
-                        "content": f"Plain answer to: {body['messages'][-1]['content']}",
-                    }
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+        self.attempts: Counter[str] = Counter()
+        self.script: Callable[[str, int], tuple[int, dict[str, str]]] = lambda q, n: (200, {})
+        self.delay_s = 0.0
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                query = body["messages"][-1]["content"]
+                with endpoint.lock:
+                    endpoint.seen.append(
+                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                    )
+                    endpoint.attempts[query] += 1
+                    attempt = endpoint.attempts[query]
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                time.sleep(endpoint.delay_s)
+                with endpoint.lock:
+                    endpoint.in_flight -= 1
+                status, headers = endpoint.script(query, attempt)
+                reply = {
+                    "choices": [{"message": {"role": "assistant", "content": f"Plain answer to: {query}"}}]
                 }
-            ]
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+                data = json.dumps(reply if status == 200 else {"error": {"message": "stub says no"}}).encode()
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
-    def log_message(self, *args):
-        pass
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def config(self, **kw) -> ResponderConfig:
+        return ResponderConfig(kind="openai", model="m", base_url=self.base_url, **kw)
 
 
-def test_openai_responder_speaks_the_protocol(monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), _Stub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("TEST_KEY", "sk-test")
-        cfg = ResponderConfig(
-            kind="openai",
-            model="m",
-            base_url=f"http://127.0.0.1:{server.server_port}/v1",
-            api_key_env="TEST_KEY",
-        )
-        replies = OpenAIResponder(cfg).respond([request(1), request(2)])
-    finally:
-        server.shutdown()
-    assert replies == [f"Plain answer to: What is the weather in city number {i}?" for i in (1, 2)]
-    call = _Stub.seen[0]
+@pytest.fixture
+def endpoint():
+    e = Endpoint()
+    threading.Thread(target=e.server.serve_forever, args=(0.01,), daemon=True).start()
+    yield e
+    e.server.shutdown()
+    e.server.server_close()
+
+
+def answer(i: int) -> str:
+    return f"Plain answer to: What is the weather in city number {i}?"
+
+
+def test_openai_responder_speaks_the_protocol(endpoint, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test")
+    replies = OpenAIResponder(endpoint.config(api_key_env="TEST_KEY")).respond([request(1), request(2)])
+    assert replies == [answer(1), answer(2)]
+    call = endpoint.seen[0]
     assert call["path"] == "/v1/chat/completions" and call["auth"] == "Bearer sk-test"
     assert call["body"]["model"] == "m" and call["body"]["temperature"] == 0
+
+
+def test_openai_responder_sends_concurrently(endpoint):
+    """A batch is in flight ``concurrency`` requests at a time; the replies keep the requests' order."""
+    endpoint.delay_s = 0.05
+    replies = OpenAIResponder(endpoint.config(concurrency=4)).respond([request(i) for i in range(12)])
+    assert replies == [answer(i) for i in range(12)]
+    assert 1 < endpoint.max_in_flight <= 4
+
+
+def test_openai_responder_retries_5xx_and_429(endpoint):
+    endpoint.script = lambda q, n: {1: (500, {}), 2: (429, {}), 3: (503, {})}.get(n, (200, {}))
+    replies = OpenAIResponder(endpoint.config(retry_backoff_s=0.01)).respond([request(1), request(2)])
+    assert replies == [answer(1), answer(2)]
+    assert set(endpoint.attempts.values()) == {4}  # 3 failures, then the answer (max_retries=3)
+
+
+def test_openai_responder_honours_retry_after(endpoint):
+    endpoint.script = lambda q, n: (429, {"Retry-After": "0.3"}) if n == 1 else (200, {})
+    start = time.monotonic()
+    replies = OpenAIResponder(endpoint.config(retry_backoff_s=0.001)).respond([request(1)])
+    assert replies == [answer(1)] and time.monotonic() - start >= 0.3
+
+
+def test_openai_responder_does_not_retry_a_bad_request(endpoint):
+    endpoint.script = lambda q, n: (400, {})
+    [reply] = OpenAIResponder(endpoint.config(retry_backoff_s=0.001)).respond([request(1)])
+    assert isinstance(reply, ResponderFailure) and reply.reason.startswith("HTTP 400")
+    assert sum(endpoint.attempts.values()) == 1
+
+
+def test_openai_responder_gives_up_on_an_endpoint_that_is_down():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ResponderConfig(kind="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)
+    [reply] = OpenAIResponder(cfg.model_copy(update={"retry_backoff_s": 0.001})).respond([request(1)])
+    assert isinstance(reply, ResponderFailure) and "after 3 attempts" in reply.reason
+
+
+def test_a_failing_request_quarantines_its_record_alone(endpoint):
+    """One query the endpoint always fails: its candidate is quarantined (responder_failed), the rest of
+    the batch becomes negatives, and the stage's counts add up."""
+    bad = "What is the weather in city number 3?"
+    endpoint.script = lambda q, n: (503, {}) if q == bad else (200, {})
+    responder = OpenAIResponder(endpoint.config(max_retries=1, retry_backoff_s=0.001))
+    seeds = [
+        Record(
+            id=f"g{i}",
+            source="sharegpt",
+            bucket="general",
+            messages=[
+                Message("user", f"What is the weather in city number {i}?"),
+                Message("assistant", "Sunny.", loss=True),
+            ],
+            meta={"kind": "general"},
+        )
+        for i in range(6)
+    ]
+    sampler = NegativeSampler(NegativesConfig(case_b_rate=1.0), responder, ['[{"name": "t"}]'], seed=0)
+    out = generate(list(seeds), "negatives", sampler)
+    counts = json.loads(out[-1]["meta"])
+    assert counts["in"] == 6 and counts["out"] == 5 and counts["quarantined"] == {"responder_failed": 1}
+    assert counts["in"] == counts["out"] + sum(counts["filtered"].values()) + sum(
+        counts["quarantined"].values()
+    )
+    [tomb] = [e for e in out if isinstance(e, dict) and e["status"] == "quarantined"]
+    assert tomb["id"] == "g3#negatives" and tomb["reason"].startswith("responder_failed: HTTP 503")
+    made = [e for e in out if isinstance(e, Record) and e.bucket == "negatives"]
+    assert sorted(r.meta["seed_id"] for r in made) == ["g0", "g1", "g2", "g4", "g5"]
+    assert endpoint.attempts[bad] == 2
 
 
 def test_template_responder_is_offline_and_seeded():

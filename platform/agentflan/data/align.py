@@ -197,6 +197,7 @@ def align_record(
     if call_format == "native":
         messages, tools = to_native(record, seed, native_thought)
         main = replace(record, messages=messages, tools=tools, meta={**record.meta, "format": "native"})
+        react = replace(react, tools=[])  # its text lists the tools; a tool-calling template must not again
     else:
         main = replace(listed, messages=_to_chat(listed, seed), meta={**record.meta, "format": "chat"})
     return [main, react]
@@ -358,8 +359,9 @@ def to_native(record: Record, seed: int, native_thought: str = "content") -> tup
                 out.append(_native_message(step.thought, [call], m.loss, native_thought))
                 pending, calls_made = [call], [*calls_made, call]
                 continue
-            answer = step.final_answer if step is not None and step.final_answer is not None else m.content
-            thought = step.thought if step is not None and step.final_answer is not None else ""
+            final = step is not None and step.final_answer is not None
+            answer = step.final_answer if final else m.content
+            thought = "\n".join(t for t in (m.reasoning, step.thought if final else "") if t and t.strip())
             content = answer if native_thought == "reasoning" or not thought else f"{thought}\n{answer}"
             out.append(
                 Message(role="assistant", content=content, loss=m.loss, capability="reasoning" if thought else

@@ -10,7 +10,9 @@ Agent-FLAN adds:
     with a tool list from the corpus added.
 
 A :class:`~agentflan.data.responders.Responder` writes the plain replies; a reply that still contains ReAct
-words or announces a tool call is rejected (counted as ``reply_uses_tool_words``), never trained on.
+words or announces a tool call is rejected (counted as ``reply_uses_tool_words``), never trained on. A
+request the responder could not answer (an endpoint that kept failing) quarantines its seed's candidate
+alone, as ``responder_failed``: it is a fault to look at, not a choice of the data.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from agentflan.config import NegativesConfig
 from agentflan.data.align import ELICIT_FINAL, FORMAT_INSTRUCTIONS, TOOLS_SYSTEM_PROMPT
 from agentflan.data.react import parse_step
 from agentflan.data.record import Message, Record
-from agentflan.data.responders import NegativeRequest, Responder
-from agentflan.data.stage import Drop, rng, unit
+from agentflan.data.responders import NegativeRequest, Responder, ResponderFailure
+from agentflan.data.stage import Drop, Quarantine, rng, unit
 from agentflan.markers import has_react_words, has_tool_phrases
 
-_STEP_CAPABILITIES = ("reasoning", "retrieval", "understanding", "instruction_following")
+_STEP_CAPABILITIES = ("reasoning", "retrieval", "understanding", "instruction_following", "tool_call")
 
 
 def _query_and_answer(record: Record) -> tuple[str | None, str | None]:
@@ -49,6 +51,13 @@ def _query_and_answer(record: Record) -> tuple[str | None, str | None]:
                 answer = step.final_answer
             elif previous is not None and previous.role == "user" and previous.content in ELICIT_FINAL:
                 answer = m.content
+            elif (
+                record.meta.get("format") == "native"
+                and not m.tool_calls
+                and previous
+                and previous.role == "tool"
+            ):
+                answer = m.content  # native: the reply after the last tool result
         previous = m
     return (query if started else None), answer
 
@@ -159,16 +168,23 @@ class NegativeSampler:
             record.id, "b", [system, Message(role="user", content=query.content)], reply.content
         )
 
-    def __call__(self, records: list[Record]) -> list[Record | Drop | None]:
+    def __call__(self, records: list[Record]) -> list[Record | Drop | Quarantine | None]:
+        """Per seed: the negative made from it, a :class:`Drop` (a candidate rejected, with the reason), a
+        :class:`Quarantine` (returned, not raised: :func:`~agentflan.data.stage.generate` quarantines that
+        candidate alone) or None (not a candidate)."""
         planned = [self._request(r) for r in records]
         requests = [p for p in planned if isinstance(p, NegativeRequest)]
         replies = iter(self.responder.respond(requests) if requests else [])
-        results: list[Record | Drop | None] = []
+        results: list[Record | Drop | Quarantine | None] = []
         for record, plan in zip(records, planned, strict=True):
             if not isinstance(plan, NegativeRequest):
                 results.append(plan)
                 continue
-            reply = next(replies).strip()
+            answer = next(replies)
+            if isinstance(answer, ResponderFailure):
+                results.append(Quarantine("responder_failed", answer.reason))
+                continue
+            reply = answer.strip()
             if not reply:
                 results.append(Drop("empty_reply"))
             elif has_react_words(reply) or has_tool_phrases(reply):

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from agentflan.data.decompose import decompose_record, weigh_record
 from agentflan.data.filtering import filter_record
 from agentflan.data.mixture import bucket_stats, mix_record
 from agentflan.data.negatives import NegativeSampler
-from agentflan.data.readers import RecordError, is_agent_record, iter_raw_items, parse_item, read_bytes
+from agentflan.data.readers import RecordError, is_agent_record, parse_item
 from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Record, storage_schema
 from agentflan.data.responders import make_responder
-from agentflan.data.sink import row_hash
+from agentflan.data.sink import UnitSink, row_hash
+from agentflan.data.splits import read_part
 from agentflan.data.stage import Drop, Entry, Row, count_row, decode, encode, generate, map_records
 
+_log = logging.getLogger(__name__)
 PASS_A_SCHEMA = ROW_SCHEMA.append(pa.field("hash", pa.string()))
 PASS_B_SCHEMA = pa.schema(
     [
@@ -43,18 +46,26 @@ PASS_B_SCHEMA = pa.schema(
 )
 
 
-def read_file(file: dict[str, Any], max_record_bytes: int) -> Iterator[dict[str, Any]]:
-    """One input file -> raw items."""
-    if file["path"].startswith("hf://"):
-        yield from _hub_items(file)
+def read_file(
+    part: dict[str, Any], max_record_bytes: int, quarantine_unreadable: bool = True
+) -> Iterator[dict[str, Any]]:
+    """One input file, or one part of it (:mod:`agentflan.data.splits`) -> raw items.
+
+    A file that cannot be opened at all becomes one quarantined item (``unreadable_file``) when
+    ``quarantine_unreadable`` (the unit's last attempt); otherwise the error is raised, so the unit is tried
+    again. An error after the first item always raises: quarantining the rest of a file would lose records."""
+    if part["path"].startswith("hf://"):
+        yield from _hub_items(part)
         return
+    started = False
     try:
-        data = read_bytes(file["path"])
+        for item in read_part({"mode": "whole", **part}, max_record_bytes):
+            started = True
+            yield {**item, **_spec(part)}
     except OSError as e:
-        yield {"path": file["path"], "line": 0, "raw": "", "error": f"unreadable_file: {e}", **_spec(file)}
-        return
-    for item in iter_raw_items(file["path"], data, max_record_bytes):
-        yield {**item, **_spec(file)}
+        if started or not quarantine_unreadable:
+            raise
+        yield {"path": part["path"], "line": 0, "raw": "", "error": f"unreadable_file: {e}", **_spec(part)}
 
 
 def _hub_items(file: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -145,14 +156,14 @@ def pass_a(items: list[dict[str, Any]], cfg: Config) -> list[Row]:
     return rows
 
 
-def pass_a_file(file: dict[str, Any], cfg: Config) -> Iterator[pa.Table]:
+def pass_a_file(file: dict[str, Any], cfg: Config, last_attempt: bool = True) -> Iterator[pa.Table]:
     """One input file through pass A, in batches of ``data.batch_size`` raw items.
 
     This is the unit of work of both engines: Ray Data maps it over the list of files (one task per file,
     read and transforms fused, results streamed batch by batch); the local engine loops over it.
     """
     chunk: list[dict[str, Any]] = []
-    for item in read_file(file, cfg.data.max_record_bytes):
+    for item in read_file(file, cfg.data.max_record_bytes, quarantine_unreadable=last_attempt):
         chunk.append(item)
         if len(chunk) >= cfg.data.batch_size:
             yield pa.Table.from_pylist(pass_a(chunk, cfg), schema=PASS_A_SCHEMA)
@@ -194,17 +205,29 @@ class PassB:
     in an actor. Everything a Tune trial varies (ReAct share, negatives, capability weights, ratios) is
     applied here, so a trial re-runs this pass alone over ``decomposed/``."""
 
-    def __init__(self, cfg: Config, tool_pool: list[str]) -> None:
+    def __init__(self, cfg: Config, tool_pool: list[str], cache_dir: str | None = None) -> None:
+        """``cache_dir`` (``<base>/decomposed/negatives_cache``) keeps model-written negative replies, so the
+        trials that re-mix one decomposed corpus ask the model once (see ``CachedResponder``); None: no cache."""
         d = cfg.data
         self.cfg = cfg
         self.sampler = None
+        self._seen_calls = (0, 0)  # the responder's (cached, asked) counts already reported
         if d.negatives.enabled:
-            responder = make_responder(d.negatives.responder, cfg.seed)
+            responder = make_responder(d.negatives.responder, cfg.seed, cache_dir)
             self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed, d.call_format)
 
-    def _negatives(self, records: list[Record]) -> list[Record | Drop | None]:
+    def _negatives(self, records: list[Record]) -> list[Record | Drop | Exception | None]:
+        # An exception in the list (a Quarantine: responder_failed) quarantines that candidate alone.
         assert self.sampler is not None
         return [decompose_record(r) if isinstance(r, Record) else r for r in self.sampler(records)]
+
+    def _responder_calls(self) -> dict[str, int]:
+        """Requests the responder answered from its cache and those it had to ask, since the last batch (the
+        manifest's ``responder``: a re-mix of a cached corpus asks nothing)."""
+        responder = self.sampler.responder if self.sampler is not None else None
+        hits, misses = getattr(responder, "hits", 0), getattr(responder, "misses", 0)
+        (seen_hits, seen_misses), self._seen_calls = self._seen_calls, (hits, misses)
+        return {"cached": hits - seen_hits, "asked": misses - seen_misses}
 
     def rows(self, rows: list[Row]) -> list[Row]:
         d, seed = self.cfg.data, self.cfg.seed
@@ -227,6 +250,7 @@ class PassB:
         entries = map_records(entries, "mixture", mix)
         stats_row = count_row("stats", 0, 0, Counter(), Counter())
         stats = bucket_stats([e for e in entries if isinstance(e, Record)])
+        stats["responder"] = self._responder_calls()
         stats_row["meta"] = json.dumps({"in": 0, "out": 0, "extra": stats})
         return [_to_corpus_row(e) for e in [*entries, stats_row]]
 
@@ -241,10 +265,88 @@ class PassB:
             yield from self.shard(path)
 
 
-def _pass_a_task(files: pa.Table, cfg: Config) -> Iterator[pa.Table]:
-    for file in files.to_pylist():
-        yield from pass_a_file(file, cfg)
+# ------------------------------------------------------------------------------------------ units
+
+# Pass B reads decomposed/ in parallel one shard per task: keep its shards small enough to spread.
+DECOMPOSED_SHARD_ROWS = 4096
 
 
-def _pass_b_task(paths: pa.Table, cfg: Config, tool_pool: list[str]) -> Iterator[pa.Table]:
-    yield from PassB(cfg, tool_pool)(paths)
+UNIT_ATTEMPTS = 3
+
+
+def with_retries(run: Callable[[bool], dict[str, Any]], what: str) -> dict[str, Any]:
+    """Run a unit again when it raises (a read that failed once, a flaky filesystem): a unit writes the same
+    shards every time, so an attempt that failed half-way leaves nothing behind once a later one succeeds.
+    Bad records never raise (they are quarantined), so what is retried is the environment, not the data."""
+    for attempt in range(1, UNIT_ATTEMPTS + 1):
+        try:
+            return run(attempt == UNIT_ATTEMPTS)  # told whether it is the last attempt
+        except Exception as e:  # noqa: BLE001 - re-raised after the last attempt
+            if attempt == UNIT_ATTEMPTS:
+                raise
+            _log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempt, UNIT_ATTEMPTS, e)
+    raise AssertionError("unreachable")
+
+
+def pass_a_unit(part: dict[str, Any], cfg: Config, out_dir: str) -> dict[str, Any]:
+    """One part of an input file through pass A, written to ``out_dir`` by the task that runs it; returns
+    the unit's summary (:class:`~agentflan.data.sink.UnitSink`)."""
+    return with_retries(
+        lambda last: _pass_a_unit(part, cfg, out_dir, last), f"pass A on {part['path']} (unit {part['unit']})"
+    )
+
+
+def _pass_a_unit(part: dict[str, Any], cfg: Config, out_dir: str, last_attempt: bool) -> dict[str, Any]:
+    sink = UnitSink(
+        Path(out_dir),
+        "decomposed",
+        PASS_A_SCHEMA,
+        part["unit"],
+        cfg.data.negatives.tool_pool_size,
+        DECOMPOSED_SHARD_ROWS,
+    )
+    for table in pass_a_file(part, cfg, last_attempt):
+        sink.consume(table)
+    return sink.summary()
+
+
+def pass_b_unit(pass_b: PassB, shard: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """One decomposed shard through pass B, written to ``out_dir/corpus`` by the task that runs it."""
+    return with_retries(lambda last: _pass_b_unit(pass_b, shard, out_dir), f"pass B on {shard['path']}")
+
+
+def _pass_b_unit(pass_b: PassB, shard: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    sink = UnitSink(Path(out_dir), "corpus", CORPUS_SCHEMA, shard["unit"])
+    for table in pass_b.shard(shard["path"]):
+        sink.consume(table)
+    return sink.summary()
+
+
+def _summaries(summaries: list[dict[str, Any]]) -> pa.Table:
+    """Ray Data carries a unit's summary back as one row of JSON text (and the node it ran on)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return pa.table({"summary": [json.dumps({**s, "node": node}) for s in summaries]})
+
+
+def _pass_a_task(parts: pa.Table, cfg: Config, out_dir: str) -> pa.Table:
+    return _summaries([pass_a_unit(part, cfg, out_dir) for part in parts.to_pylist()])
+
+
+def _pass_b_task(
+    shards: pa.Table, cfg: Config, tool_pool: list[str], out_dir: str, cache_dir: str | None
+) -> pa.Table:
+    pass_b = PassB(cfg, tool_pool, cache_dir)
+    return _summaries([pass_b_unit(pass_b, shard, out_dir) for shard in shards.to_pylist()])
+
+
+class PassBActor:
+    """Pass B in an actor, so a model-backed responder loads once per actor (an actor pool)."""
+
+    def __init__(self, cfg: Config, tool_pool: list[str], out_dir: str, cache_dir: str | None) -> None:
+        self.pass_b = PassB(cfg, tool_pool, cache_dir)
+        self.out_dir = out_dir
+
+    def __call__(self, shards: pa.Table) -> pa.Table:
+        return _summaries([pass_b_unit(self.pass_b, s, self.out_dir) for s in shards.to_pylist()])

@@ -1,11 +1,13 @@
 """The corpus pipeline: raw files -> canonical records -> aligned -> decomposed (+ negatives) -> mixture.
 
-Two passes, each a chain of pure batch functions (:mod:`agentflan.data.passes`) that Ray Data maps (or,
-with ``data.engine=local``, one Python process runs over the same batches); this module resolves the inputs,
-runs the engines and writes the manifest:
+Two passes, each a chain of pure batch functions (:mod:`agentflan.data.passes`) run over units of work: Ray
+Data maps them one unit per task (or, with ``data.engine=local``, one Python process loops over the same
+units). Each unit writes its own shards and returns a summary (:mod:`agentflan.data.sink`); this module
+plans the units, runs the engines, adds up the summaries and writes the manifest:
 
-* **Pass A** ``read -> filter -> format_following -> align -> decompose`` writes ``decomposed/``. The sink
-  also collects the pool of tool lists that case (b) negatives draw from, which needs the whole corpus.
+* **Pass A** ``read -> filter -> format_following -> align -> decompose`` over the parts of the input files
+  (:mod:`agentflan.data.splits`: a large file is read by several tasks) writes ``decomposed/``. The units
+  also collect the pool of tool lists that case (b) negatives draw from, which needs the whole corpus.
 * **Pass B** ``choose format -> negatives -> mixture`` reads ``decomposed/`` and writes ``corpus/``. A Tune
   trial re-runs pass B alone (:func:`remix`): the ReAct share, negatives, capability weights and ratios
   are all applied here.
@@ -25,21 +27,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agentflan.config import Config, InputSpec
 from agentflan.console import count
 from agentflan.data.mixture import TOKEN_COUNTER
 from agentflan.data.negatives import load_tool_pool_file
-from agentflan.data.passes import PASS_A_SCHEMA, PassB, _pass_a_task, _pass_b_task, pass_a_file
+from agentflan.data.passes import (
+    PASS_A_SCHEMA,
+    PassB,
+    PassBActor,
+    _pass_a_task,
+    _pass_b_task,
+    pass_a_unit,
+    pass_b_unit,
+)
 from agentflan.data.readers import expand_inputs
-from agentflan.data.record import CORPUS_SCHEMA, Message, Record
-from agentflan.data.sink import PassSink
+from agentflan.data.record import CORPUS_SCHEMA, QUARANTINE_SCHEMA, Message, Record
+from agentflan.data.sink import FILTERED_SCHEMA, PassSummary, clear_shards, ensure_a_shard
+from agentflan.data.splits import plan
 
-# Pass B reads decomposed/ in parallel one shard per task: keep its shards small enough to spread.
-DECOMPOSED_SHARD_ROWS = 4096
 TOOL_POOL_FILE = "tool_pool.json"
+NEGATIVES_CACHE = "negatives_cache"
 Progress = Callable[[str], None]
+Units = list[dict[str, Any]]
 
 
 PASS_A = "data: read, filter, align, decompose"
@@ -79,105 +91,124 @@ def resolve_inputs(specs: list[InputSpec]) -> list[InputFile]:
     return files
 
 
-def tool_pool(cfg: Config, sink_a: PassSink) -> list[str]:
+def tool_pool(cfg: Config, summary_a: PassSummary) -> list[str]:
     """Tool lists for case (b) negatives: the corpus's own, then those of ``negatives.tool_pool_files``.
     Saved beside the decomposed shards, so a re-mix (:func:`remix`) draws from the same pool."""
-    pool = sink_a.tool_pool()
+    pool = summary_a.tool_pool()
     for path in cfg.data.negatives.tool_pool_files:
         pool += [t for t in load_tool_pool_file(path) if t not in pool]
     (Path(cfg.output_dir) / "decomposed" / TOOL_POOL_FILE).write_text(json.dumps(pool, ensure_ascii=False))
     return pool
 
 
-def _shards(decomposed: Path) -> list[str]:
-    return sorted(str(p) for p in decomposed.glob("part-*.parquet"))
+def _shards(decomposed: Path) -> Units:
+    """Pass B's units: the decomposed shards, numbered in name order (a unit's number names its output)."""
+    return [{"path": str(p), "unit": i} for i, p in enumerate(sorted(decomposed.glob("part-*.parquet")))]
 
 
-def _pass_a_sink(cfg: Config, out: Path) -> PassSink:
-    return PassSink(
-        out, "decomposed", PASS_A_SCHEMA, cfg.data.negatives.tool_pool_size, DECOMPOSED_SHARD_ROWS
-    )
+def _prepare_dirs(out: Path, ok_name: str) -> None:
+    for name in (ok_name, f"quarantine/{ok_name}", f"filtered/{ok_name}"):
+        clear_shards(out / name)
 
 
-def _pass_a_local(cfg: Config, files: list[InputFile], out: Path, progress: Progress) -> PassSink:
-    sink_a = _pass_a_sink(cfg, out)
-    for i, f in enumerate(files, 1):
-        for table in pass_a_file(f.__dict__, cfg):
-            sink_a.consume(table)
-        count(progress, PASS_A, i, len(files), unit="files", records=sink_a.rows)
-    sink_a.close()
-    return sink_a
+def _finish_dirs(out: Path, ok_name: str, ok_schema: pa.Schema) -> None:
+    ensure_a_shard(out / ok_name, ok_schema)
+    ensure_a_shard(out / "quarantine" / ok_name, QUARANTINE_SCHEMA)
+    ensure_a_shard(out / "filtered" / ok_name, FILTERED_SCHEMA)
 
 
-def _pass_b_local(
-    cfg: Config, shards: list[str], pool: list[str], out: Path, progress: Progress = lambda s: None
-) -> PassSink:
-    pass_b = PassB(cfg, pool)
-    sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
-    for i, shard in enumerate(shards, 1):
-        for table in pass_b.shard(shard):
-            sink_b.consume(table)
-        count(progress, PASS_B, i, len(shards), unit="shards", records=sink_b.rows)
-    sink_b.close()
-    return sink_b
+def _pass_a(cfg: Config, files: list[InputFile], out: Path, progress: Progress) -> PassSummary:
+    """Pass A over the parts of every input file (:mod:`agentflan.data.splits`): each part a unit that
+    writes its own shards; the driver adds up the units' summaries."""
+    parts = [p.to_dict() for p in plan([f.__dict__ for f in files], cfg.data.split_bytes)]
+    _prepare_dirs(out, "decomposed")
+    summary = PassSummary(cfg.data.negatives.tool_pool_size)
+    if cfg.data.engine == "ray":
+        summaries = _ray_map(parts, _pass_a_task, {"cfg": cfg, "out_dir": str(out)})
+    else:
+        summaries = (pass_a_unit(part, cfg, str(out)) for part in parts)
+    for i, s in enumerate(summaries, 1):
+        summary.add(s)
+        count(progress, PASS_A, i, len(parts), unit="parts", records=summary.rows)
+    _finish_dirs(out, "decomposed", PASS_A_SCHEMA)
+    return summary
 
 
-def _run_local(
-    cfg: Config, files: list[InputFile], out: Path, progress: Progress
-) -> tuple[PassSink, PassSink, list[str]]:
-    sink_a = _pass_a_local(cfg, files, out, progress)
-    pool = tool_pool(cfg, sink_a)
-    return sink_a, _pass_b_local(cfg, _shards(out / "decomposed"), pool, out, progress), pool
+def _pass_b(
+    cfg: Config, decomposed: Path, pool: list[str], out: Path, engine: str, progress: Progress
+) -> PassSummary:
+    """Pass B over the shards of ``decomposed``; model-written negatives are cached beside them
+    (``negatives_cache/``), so every re-mix of the same decomposed corpus (a Tune study) reuses them."""
+    shards = _shards(decomposed)
+    cache_dir = str(decomposed / NEGATIVES_CACHE)
+    _prepare_dirs(out, "corpus")
+    summary = PassSummary()
+    responder = cfg.data.negatives.responder
+    if engine == "ray" and cfg.data.negatives.enabled and responder.kind != "template":
+        # A model-backed responder lives in actors (a pool), so each model loads once per actor.
+        summaries = _ray_map(
+            shards,
+            PassBActor,
+            {},
+            constructor={"cfg": cfg, "tool_pool": pool, "out_dir": str(out), "cache_dir": cache_dir},
+            actors=responder.num_actors,
+            gpus_per_actor=responder.num_gpus,
+        )
+    elif engine == "ray":
+        kwargs = {"cfg": cfg, "tool_pool": pool, "out_dir": str(out), "cache_dir": cache_dir}
+        summaries = _ray_map(shards, _pass_b_task, kwargs)
+    else:
+        pass_b = PassB(cfg, pool, cache_dir)
+        summaries = (pass_b_unit(pass_b, shard, str(out)) for shard in shards)
+    for i, s in enumerate(summaries, 1):
+        summary.add(s)
+        count(progress, PASS_B, i, len(shards), unit="shards", records=summary.rows)
+    _finish_dirs(out, "corpus", CORPUS_SCHEMA)
+    return summary
 
 
-def _run_ray(
-    cfg: Config, files: list[InputFile], out: Path, progress: Progress
-) -> tuple[PassSink, PassSink, list[str]]:
-    """Each pass is one Ray Data map over a list of files: a task reads its file and runs every stage on
-    it, so nothing travels through the object store but the results. Per-operator resource reservation
-    is switched off: with a single map operator it only halves the CPUs it may use (measured here: of
-    2 cores, 1 busy). Block order is left free; the fingerprint does not depend on it."""
+def _ray_map(
+    units: Units,
+    fn: Any,
+    kwargs: dict[str, Any],
+    constructor: dict[str, Any] | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+):
+    """Summaries of ``fn`` mapped over ``units`` by Ray Data, one unit per task, as they finish.
+
+    A task whose worker dies is retried by Ray Data; one that raises retries its unit itself
+    (:func:`~agentflan.data.passes.with_retries`). Either way the unit rewrites the same shards and its
+    summary only comes back once it has finished, so a retry changes neither the output nor the counts.
+    Per-operator resource reservation is off: with a single map operator it only halves the CPUs it may
+    use (measured here: of 2 cores, 1 busy)."""
     import ray
 
-    d = cfg.data
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    sink_a = _pass_a_sink(cfg, out)
-    ds = ray.data.from_items([f.__dict__ for f in files], override_num_blocks=len(files)).map_batches(
-        _pass_a_task, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow"
-    )
-    # One task per file returns one block (a block over Ray Data's target size is split: the count is
-    # capped at the number of files).
-    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None), 1):
-        sink_a.consume(batch)
-        count(progress, PASS_A, min(i, len(files)), len(files), unit="files", records=sink_a.rows)
-    sink_a.close()
-
-    sink_b = PassSink(out, "corpus", CORPUS_SCHEMA)
-    pool = tool_pool(cfg, sink_a)
-    shards = _shards(out / "decomposed")
-    src = ray.data.from_items([{"path": p} for p in shards], override_num_blocks=len(shards))
-    if d.negatives.enabled and d.negatives.responder.kind != "template":
-        # A model-backed responder lives in an actor so the model loads once.
-        ds = src.map_batches(
-            PassB,
-            fn_constructor_kwargs={"cfg": cfg, "tool_pool": pool},
-            concurrency=1,
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    if constructor is None:
+        ds = ds.map_batches(
+            fn,
+            fn_kwargs=kwargs,
             batch_size=1,
             batch_format="pyarrow",
         )
-    else:
-        ds = src.map_batches(
-            _pass_b_task, fn_kwargs={"cfg": cfg, "tool_pool": pool}, batch_size=1, batch_format="pyarrow"
+    else:  # actors: Ray Data restarts a dead actor and retries its task by default
+        ds = ds.map_batches(
+            fn,
+            fn_constructor_kwargs=constructor,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus_per_actor,
+            batch_size=1,
+            batch_format="pyarrow",
         )
-    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None), 1):
-        sink_b.consume(batch)
-        count(progress, PASS_B, min(i, len(shards)), len(shards), unit="shards", records=sink_b.rows)
-    sink_b.close()
-    return sink_a, sink_b, pool
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for text in batch.column("summary").to_pylist():
+            yield json.loads(text)
 
 
 def _manifest(
-    cfg: Config, sink_b: PassSink, pass_a_stages: list[dict[str, Any]], **fields: Any
+    cfg: Config, sink_b: PassSummary, pass_a_stages: list[dict[str, Any]], **fields: Any
 ) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     stats = sink_b.counts.extra
@@ -192,6 +223,7 @@ def _manifest(
         "splits": dict(sorted(sink_b.splits.items())),
         "buckets": stats.get("buckets", {}),
         "capabilities": stats.get("capabilities", {}),
+        "responder": stats.get("responder", {}),  # negatives asked of the model, and answered from its cache
         "token_counter": TOKEN_COUNTER,
         "outputs": {k: str(out / k) for k in ("corpus", "decomposed", "quarantine", "filtered")},
     }
@@ -210,19 +242,22 @@ def run_data(cfg: Config, progress: Progress = lambda s: None) -> dict[str, Any]
 
         ensure_ray(cfg.data.num_cpus)  # joins a running cluster, or starts a local one (timed apart)
     t0 = time.time()
-    runner = _run_ray if cfg.data.engine == "ray" else _run_local
-    sink_a, sink_b, pool = runner(cfg, files, out, progress)
+    summary_a = _pass_a(cfg, files, out, progress)
+    pool = tool_pool(cfg, summary_a)
+    summary_b = _pass_b(cfg, out / "decomposed", pool, out, cfg.data.engine, progress)
     return _manifest(
         cfg,
-        sink_b,
-        sink_a.counts.as_list(),
-        decomposed_fingerprint=sink_a.fingerprint(),
+        summary_b,
+        summary_a.counts.as_list(),
+        decomposed_fingerprint=summary_a.fingerprint(),
         engine=cfg.data.engine,
         seconds=round(time.time() - t0, 2),
         startup_seconds=round(t0 - t_start, 2),
         inputs=[f.__dict__ for f in files],
-        formats=sink_a.counts.extra.get("formats", {}),
-        rows={"decomposed": sink_a.rows},
+        formats=summary_a.counts.extra.get("formats", {}),
+        rows={"decomposed": summary_a.rows},
+        units={"pass_a": summary_a.units, "pass_b": summary_b.units},
+        nodes=sorted(summary_a.nodes | summary_b.nodes),
         tool_pool_size=len(pool),
     )
 
@@ -241,7 +276,7 @@ def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     progress(f"re-mixing the decomposed corpus of {base}")
-    sink_b = _pass_b_local(cfg, _shards(base / "decomposed"), pool, out, progress)
+    sink_b = _pass_b(cfg, base / "decomposed", pool, out, "local", progress)
     pass_a = [s for s in base_manifest["stages"] if s["name"] not in sink_b.counts.stages]
     return _manifest(
         cfg,

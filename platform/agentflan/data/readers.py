@@ -89,8 +89,8 @@ def _too_large(n: int, limit: int) -> str:
     return f"too_large: record is {n / 1e6:.1f} MB, over data.max_record_bytes ({limit / 1e6:.1f} MB)"
 
 
-def _jsonl_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]:
-    for i, line in enumerate(data.split(b"\n"), start=1):
+def _jsonl_items(path: str, data: bytes, limit: int, first_line: int = 1) -> Iterator[dict[str, Any]]:
+    for i, line in enumerate(data.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         text, err = _decode(line)
@@ -99,8 +99,11 @@ def _jsonl_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]
         yield _item(path, i, text, err)
 
 
-def _json_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]:
-    """Elements of a top-level JSON array (or one top-level object), with their line numbers."""
+def _json_items(
+    path: str, data: bytes, limit: int, stripe: tuple[int, int] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Elements of a top-level JSON array (or one top-level object), with their line numbers. ``stripe``
+    ``(k, n)``: only the elements whose index is ``k`` modulo ``n`` (one of ``n`` tasks reading the array)."""
     text, err = _decode(data)
     if err:
         yield _item(path, 1, text, err.replace(": ", ": the file's ", 1))
@@ -118,7 +121,7 @@ def _json_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]:
         yield _item(path, text.count("\n", 0, start) + 1, text)
         return
     decoder = json.JSONDecoder()
-    pos, line, counted = start + 1, 1, 0
+    pos, line, counted, index = start + 1, 1, 0, 0
     ws = re.compile(r"[\s,]*")
     while True:
         pos = ws.match(text, pos).end()
@@ -129,32 +132,44 @@ def _json_items(path: str, data: bytes, limit: int) -> Iterator[dict[str, Any]]:
         try:
             _, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield _item(
-                path, e.lineno, text[pos:], f"invalid_json: {e.msg} at line {e.lineno}, column {e.colno}"
-            )
+            if stripe is None or stripe[0] == index % stripe[1]:  # the rest of the file: one owner
+                yield _item(
+                    path, e.lineno, text[pos:], f"invalid_json: {e.msg} at line {e.lineno}, column {e.colno}"
+                )
             return
-        raw = text[pos:end]
-        yield _item(path, line, raw, _too_large(len(raw.encode()), limit) if len(raw) > limit else "")
-        pos = end
+        if stripe is None or stripe[0] == index % stripe[1]:
+            raw = text[pos:end]
+            yield _item(path, line, raw, _too_large(len(raw.encode()), limit) if len(raw) > limit else "")
+        pos, index = end, index + 1
 
 
-def _parquet_items(path: str, data: bytes) -> Iterator[dict[str, Any]]:
+def _parquet_items(path: str, data: Any, first_line: int = 1) -> Iterator[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(pa.BufferReader(data))
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield _item(path, i, json.dumps(row, ensure_ascii=False, default=str))
+    table = data if isinstance(data, pa.Table) else pq.read_table(pa.BufferReader(data))
+    for batch in table.to_batches(max_chunksize=1024):
+        for row in batch.to_pylist():
+            yield _item(path, first_line, json.dumps(row, ensure_ascii=False, default=str))
+            first_line += 1
 
 
-def iter_raw_items(path: str, data: bytes, max_record_bytes: int) -> Iterator[dict[str, Any]]:
-    """Split one file into raw items (see module docstring)."""
+def iter_raw_items(
+    path: str,
+    data: Any,
+    max_record_bytes: int,
+    first_line: int = 1,
+    stripe: tuple[int, int] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Split one file (or one part of it, :mod:`agentflan.data.splits`) into raw items (see the module
+    docstring). ``data`` is the bytes; for parquet row groups read apart, their table. ``first_line`` is the
+    line number of the first byte (row) of ``data``; ``stripe`` picks one task's elements of a JSON array."""
     if path.endswith(".parquet"):
-        yield from _parquet_items(path, data)
+        yield from _parquet_items(path, data, first_line)
     elif path.endswith((".jsonl", ".ndjson")):
-        yield from _jsonl_items(path, data, max_record_bytes)
+        yield from _jsonl_items(path, data, max_record_bytes, first_line)
     else:
-        yield from _json_items(path, data, max_record_bytes)
+        yield from _json_items(path, data, max_record_bytes, stripe)
 
 
 def read_bytes(path: str) -> bytes:

@@ -4,19 +4,42 @@ The paper had GPT-4 answer its negative queries. Here the default works offline 
 (:class:`TemplateResponder`: replies drawn from the corpus where it has one, templates where it does not);
 users with a model plug in :class:`HFResponder` (a local transformers model) or :class:`OpenAIResponder`
 (any OpenAI-compatible chat endpoint, e.g. vLLM). All take a batch, so a model is called once per batch.
+
+A request a model could not answer (an endpoint that kept failing) comes back as a
+:class:`ResponderFailure`, not an exception: one bad request must not cost the rest of its batch, and the
+sampler quarantines that record alone. Model-written replies are costly and every Tune trial re-mixes the
+same decomposed corpus, so :class:`CachedResponder` keeps them on disk, keyed by what they depend on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import logging
 import os
+import random
+import time
+import urllib.error
 import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from agentflan.config import ResponderConfig
 from agentflan.data.record import Message
 from agentflan.data.stage import rng
+
+if TYPE_CHECKING:
+    from agentflan.generation import ChatGenerator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,8 +50,20 @@ class NegativeRequest:
     reference: str | None = None  # a reply the corpus already holds for this query, if any
 
 
+@dataclass(frozen=True)
+class ResponderFailure:
+    """A request left unanswered after the responder's retries; ``reason`` says why (goes to the quarantine)."""
+
+    reason: str
+
+
+Reply = str | ResponderFailure
+
+
 class Responder(Protocol):
-    def respond(self, requests: list[NegativeRequest]) -> list[str]: ...
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        """One reply per request, in order: the text, or a :class:`ResponderFailure` for that request alone."""
+        ...
 
 
 # Plain replies for a query that looks like it needs a tool when none is offered (case c). They say
@@ -52,8 +87,8 @@ class TemplateResponder:
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def respond(self, requests: list[NegativeRequest]) -> list[str]:
-        replies = []
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        replies: list[Reply] = []
         for req in requests:
             r = rng(self.seed, "responder", req.id)
             if req.case == "b" and req.reference:
@@ -66,28 +101,80 @@ class TemplateResponder:
 
 
 class HFResponder:
-    """A local transformers causal LM, greedy, batched (see :class:`agentflan.generation.ChatGenerator`)."""
+    """A local transformers causal LM, greedy, in batches of ``batch_size`` (see
+    :class:`agentflan.generation.ChatGenerator`).
+
+    The model loads on the first request, not on construction: behind a :class:`CachedResponder` whose
+    cache already holds every reply (a later Tune trial), it never loads at all.
+    """
 
     def __init__(self, cfg: ResponderConfig) -> None:
-        from agentflan.generation import ChatGenerator
+        self.cfg = cfg
+        self._generator: ChatGenerator | None = None
 
-        self.generator = ChatGenerator(cfg.model, cfg.max_new_tokens, cfg.batch_size)  # type: ignore[arg-type]
+    @property
+    def generator(self) -> ChatGenerator:
+        if self._generator is None:
+            from agentflan.generation import ChatGenerator
 
-    def respond(self, requests: list[NegativeRequest]) -> list[str]:
-        return self.generator.generate(
-            [[{"role": m.role, "content": m.content} for m in r.messages] for r in requests]
+            model = str(self.cfg.model)  # the config requires one for kind hf
+            self._generator = ChatGenerator(model, self.cfg.max_new_tokens, self.cfg.batch_size)
+        return self._generator
+
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        # One call for the whole list: the generator splits it into batches of batch_size itself.
+        return list(
+            self.generator.generate(
+                [[{"role": m.role, "content": m.content} for m in r.messages] for r in requests]
+            )
         )
 
 
+# Worth another try: the server is busy or down for a moment. Any other 4xx is our request's fault, and
+# sending it again would fail again.
+_RETRY_STATUS = frozenset({408, 429})
+_MAX_WAIT_S = 300.0  # a Retry-After longer than this is cut short (the retry may then fail: quarantined)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class _Transient(Exception):
+    """A failed attempt that may succeed later; ``wait`` is the server's Retry-After, if it sent one."""
+
+    def __init__(self, detail: str, wait: float | None = None) -> None:
+        super().__init__(detail)
+        self.wait = wait
+
+
 class OpenAIResponder:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, llama.cpp server)."""
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, llama.cpp server).
+
+    A batch goes out ``concurrency`` requests at a time (a server batches concurrent requests itself). A
+    connection error, timeout, 408, 429 or 5xx is retried up to ``max_retries`` times, waiting what the
+    server's ``Retry-After`` asks, else ``retry_backoff_s`` doubled per attempt with jitter (so that workers
+    hit by the same outage do not all come back at once). A request that still fails, or gets any other
+    4xx, or an unreadable answer, comes back as a :class:`ResponderFailure`: the rest of the batch is kept.
+    """
 
     def __init__(self, cfg: ResponderConfig) -> None:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
         self.key = os.environ.get(cfg.api_key_env, "")
+        self._jitter = random.Random()  # timing only: replies do not depend on it
 
-    def _one(self, req: NegativeRequest) -> str:
+    def _attempt(self, req: NegativeRequest) -> str:
         body = {
             "model": self.cfg.model,
             "messages": [{"role": m.role, "content": m.content} for m in req.messages],
@@ -97,18 +184,134 @@ class OpenAIResponder:
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
-        http = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as resp:
-            payload = json.loads(resp.read())
-        return str(payload["choices"][0]["message"]["content"] or "").strip()
+        post = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(post, timeout=self.cfg.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                detail = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace').strip()}"
+            if e.code in _RETRY_STATUS or e.code >= 500:
+                raise _Transient(
+                    detail, _retry_after(e.headers.get("Retry-After") if e.headers else None)
+                ) from None
+            raise ValueError(detail) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+            raise _Transient(f"{type(e).__name__}: {e}") from None
+        try:
+            return str(json.loads(raw)["choices"][0]["message"]["content"] or "").strip()
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"unreadable reply ({type(e).__name__}: {e}): {raw[:200]!r}") from None
 
-    def respond(self, requests: list[NegativeRequest]) -> list[str]:
-        return [self._one(r) for r in requests]
+    def _one(self, req: NegativeRequest) -> Reply:
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                return self._attempt(req)
+            except ValueError as e:
+                return ResponderFailure(str(e))
+            except _Transient as e:
+                if attempt == self.cfg.max_retries:
+                    return ResponderFailure(f"{e} (after {attempt + 1} attempts)")
+                backoff = self.cfg.retry_backoff_s * 2**attempt * self._jitter.uniform(0.5, 1.5)
+                time.sleep(min(_MAX_WAIT_S, e.wait if e.wait is not None else backoff))
+        raise AssertionError("unreachable")
+
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        if len(requests) <= 1:
+            return [self._one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
 
 
-def make_responder(cfg: ResponderConfig, seed: int) -> Responder:
-    if cfg.kind == "hf":
-        return HFResponder(cfg)
-    if cfg.kind == "openai":
-        return OpenAIResponder(cfg)
-    return TemplateResponder(seed)
+# ResponderConfig fields that do not change what a model replies: left out of the cache key, so tuning
+# them keeps the cache. Everything else (a new field too, until it is listed here) is in the key.
+_NOT_IN_KEY = frozenset(
+    {"api_key_env", "batch_size", "timeout_s", "concurrency", "max_retries", "retry_backoff_s"}
+)
+
+
+def responder_key(cfg: ResponderConfig) -> str:
+    """The cache folder of a responder: its kind and a hash of the config fields its replies depend on."""
+    keyed = cfg.model_dump(mode="json", exclude=set(_NOT_IN_KEY))
+    digest = hashlib.blake2b(json.dumps(keyed, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return f"{cfg.kind}-{digest}"
+
+
+def request_key(req: NegativeRequest) -> str:
+    """What a (greedy) model reply depends on besides the model: the prompt. The case and reference ride
+    along so a cached reply is never served for a request built another way."""
+    what = [req.case, [[m.role, m.content] for m in req.messages], req.reference]
+    return hashlib.blake2b(json.dumps(what, ensure_ascii=False).encode(), digest_size=16).hexdigest()
+
+
+class CachedResponder:
+    """Answers from ``cache_dir/<responder_key>/part-*.parquet`` where it can, asks ``inner`` for the rest.
+
+    Every trial of a Tune study re-mixes the same decomposed corpus (pass B), so without a cache each trial
+    would pay the model again for the same queries. Replies are keyed by :func:`request_key` under a folder
+    per :func:`responder_key`. Each batch's new replies go to a new part file of their own, written under a
+    temporary name and renamed into place: Ray tasks writing at once never share a file, and a reader never
+    sees half a file. Failures are not stored, so the next run asks again. The parts are read once, on the
+    first batch, so a responder built in an actor sees what earlier runs wrote.
+    """
+
+    def __init__(self, inner: Responder, cache_dir: str | Path, responder_key: str) -> None:
+        self.inner = inner
+        self.dir = Path(cache_dir) / responder_key
+        self._replies: dict[str, str] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def _load(self) -> dict[str, str]:
+        replies: dict[str, str] = {}
+        for part in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                table = pq.read_table(part, columns=["key", "reply"])
+            except (OSError, pa.ArrowException) as e:
+                log.warning("negatives cache: skipping unreadable %s (%s)", part, e)
+                continue
+            replies.update(
+                zip(table.column("key").to_pylist(), table.column("reply").to_pylist(), strict=True)
+            )
+        return replies
+
+    def _store(self, replies: dict[str, str]) -> None:
+        """A new part file; a cache that cannot be written costs a later run, never this one."""
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"key": list(replies), "reply": list(replies.values())}), tmp)
+            os.replace(tmp, self.dir / name)
+        except OSError as e:
+            log.warning("negatives cache: cannot write %s (%s)", self.dir / name, e)
+
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        if self._replies is None:
+            self._replies = self._load()
+        cached = self._replies
+        keys = [request_key(r) for r in requests]
+        missing: dict[str, NegativeRequest] = {}
+        for key, req in zip(keys, requests, strict=True):
+            if key not in cached:
+                missing.setdefault(key, req)
+        answers: dict[str, Reply] = {}
+        if missing:
+            answers = dict(zip(missing, self.inner.respond(list(missing.values())), strict=True))
+            fresh = {k: a for k, a in answers.items() if isinstance(a, str)}
+            if fresh:
+                self._store(fresh)
+                cached.update(fresh)
+        n_missing = sum(k in missing for k in keys)
+        self.misses += n_missing
+        self.hits += len(requests) - n_missing
+        return [cached[k] if k in cached else answers[k] for k in keys]
+
+
+def make_responder(cfg: ResponderConfig, seed: int, cache_dir: str | Path | None = None) -> Responder:
+    """The responder ``cfg`` names; a model-backed one is cached under ``cache_dir`` when given. The template
+    responder is cheap, offline and seeded per record id, so it is never cached."""
+    if cfg.kind == "template":
+        return TemplateResponder(seed)
+    inner: Responder = HFResponder(cfg) if cfg.kind == "hf" else OpenAIResponder(cfg)
+    return inner if cache_dir is None else CachedResponder(inner, cache_dir, responder_key(cfg))

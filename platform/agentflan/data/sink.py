@@ -1,7 +1,12 @@
-"""The driver-side end of a pass: write rows by status, sum the count rows, fingerprint the output.
+"""Where a pass's rows go: each unit of work writes its own shards, the driver only adds up summaries.
 
-Both engines (Ray Data and the in-process one) feed the same sink batch by batch, so what is written and
-counted cannot differ between them. Memory stays flat: rows are written as they arrive, in shards.
+A unit (one part of an input file in pass A, one decomposed shard in pass B) runs in a Ray task or in the
+local loop and feeds a :class:`UnitSink`: it writes its rows by status (ok, quarantined, filtered) to
+parquet shards named after the unit (``part-<unit>-<n>.parquet``), so the same unit always writes the same
+files, a retried task overwrites what a killed one left, and the engines write identical output. What comes
+back to the driver is a small summary (:meth:`UnitSink.summary`): stage counts, the multiset hash of the
+rows, the unit's tool-list candidates, rows per split. :class:`PassSummary` adds them up, so the driver's
+memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -22,22 +27,24 @@ from agentflan.data.record import QUARANTINE_SCHEMA
 FILTERED_SCHEMA = pa.schema(
     [("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("origin", pa.string())]
 )
+_MOD = 2**256
 
 
 class ShardWriter:
-    """Parquet shards of at most ``rows_per_shard`` rows: part-00000.parquet, part-00001.parquet, ..."""
+    """Parquet shards of at most ``rows_per_shard`` rows: ``<prefix>-00000.parquet``, ``<prefix>-00001...``.
+    Writes nothing until a row comes (a unit with no rows of a status leaves no file for it)."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, rows_per_shard: int = 50_000) -> None:
+    def __init__(
+        self, directory: Path, schema: pa.Schema, rows_per_shard: int = 50_000, prefix: str = "part"
+    ) -> None:
         self.directory = directory
         self.schema = schema
         self.rows_per_shard = rows_per_shard
+        self.prefix = prefix
         self.rows = 0
         self._shard = -1
         self._in_shard = 0
         self._writer: pq.ParquetWriter | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("part-*.parquet"):
-            old.unlink()
 
     def write(self, table: pa.Table) -> None:
         table = table.select(self.schema.names).cast(self.schema)
@@ -56,13 +63,27 @@ class ShardWriter:
             self._writer.close()
         self._shard += 1
         self._in_shard = 0
-        self._writer = pq.ParquetWriter(self.directory / f"part-{self._shard:05d}.parquet", self.schema)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self.prefix}-{self._shard:05d}.parquet"
+        self._writer = pq.ParquetWriter(path, self.schema)
 
     def close(self) -> None:
-        if self._writer is None:  # always leave one (possibly empty) shard so readers find a file
-            self._roll()
-        self._writer.close()  # type: ignore[union-attr]
-        self._writer = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def clear_shards(directory: Path) -> None:
+    """Remove a previous run's shards before a pass writes the directory again."""
+    for old in directory.glob("part-*.parquet"):
+        old.unlink()
+
+
+def ensure_a_shard(directory: Path, schema: pa.Schema) -> None:
+    """Leave one (empty) shard where a pass wrote none, so readers of the directory find a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not any(directory.glob("part-*.parquet")):
+        pq.ParquetWriter(directory / "part-00000-00000.parquet", schema).close()  # no rows, the schema
 
 
 class StageCounts:
@@ -83,6 +104,20 @@ class StageCounts:
         s["repeated"] += counts.get("repeated", 0)
         for key, value in counts.get("extra", {}).items():
             _merge(self.extra.setdefault(key, {}), value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for a unit's summary."""
+        stages = {
+            name: {**c, "filtered": dict(c["filtered"]), "quarantined": dict(c["quarantined"])}
+            for name, c in self.stages.items()
+        }
+        return {"stages": stages, "extra": self.extra}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add another unit's :meth:`to_dict` (stages keep their first-seen order)."""
+        for name, c in other["stages"].items():
+            self.add(name, c)
+        _merge(self.extra, other["extra"])
 
     def as_list(self) -> list[dict[str, Any]]:
         out = []
@@ -113,26 +148,27 @@ def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
             into[k] = into.get(k, 0) + v
 
 
-class PassSink:
-    """Consumes the output batches of one pass."""
+class UnitSink:
+    """Consumes the output batches of one unit of a pass and writes them (in the task that runs the unit)."""
 
     def __init__(
         self,
         out_dir: Path,
         ok_name: str,
         ok_schema: pa.Schema,
+        unit: int,
         tool_pool_size: int = 0,
         rows_per_shard: int = 50_000,
     ) -> None:
-        self.ok = ShardWriter(out_dir / ok_name, ok_schema, rows_per_shard)
-        self.quarantine = ShardWriter(out_dir / "quarantine" / ok_name, QUARANTINE_SCHEMA)
-        self.filtered = ShardWriter(out_dir / "filtered" / ok_name, FILTERED_SCHEMA)
+        prefix = f"part-{unit:05d}"
+        self.unit = unit
+        self.ok = ShardWriter(out_dir / ok_name, ok_schema, rows_per_shard, prefix)
+        self.quarantine = ShardWriter(out_dir / "quarantine" / ok_name, QUARANTINE_SCHEMA, prefix=prefix)
+        self.filtered = ShardWriter(out_dir / "filtered" / ok_name, FILTERED_SCHEMA, prefix=prefix)
         self.counts = StageCounts()
         self.splits: Counter[str] = Counter()  # rows written per split (corpus rows carry one)
         self._digest_sum = 0  # multiset hash: sum of row digests mod 2**256, order-free and O(1) memory
-        self._pool_size = tool_pool_size
-        self._pool: list[tuple[int, str]] = []  # max-heap (negated) of the smallest tool-list hashes
-        self._pool_seen: set[str] = set()
+        self.pool = ToolPool(tool_pool_size)
 
     def consume(self, table: pa.Table) -> None:
         status = table.column("status")
@@ -149,42 +185,94 @@ class PassSink:
         for h in ok.column("hash").to_pylist():
             self._digest_sum = (
                 self._digest_sum + int.from_bytes(hashlib.sha256(h.encode()).digest(), "big")
-            ) % 2**256
-        if self._pool_size:  # real tool schemas only, not the names format-following samples list
+            ) % _MOD
+        if self.pool.size:  # real tool schemas only, not the names format-following samples list
             real = ok.filter(pc.not_equal(ok.column("bucket"), "format_following"))
-            self._collect_tools(real.column("tools").to_pylist())
+            self.pool.add(real.column("tools").to_pylist())
 
-    def _collect_tools(self, tool_lists: list[list[str] | str]) -> None:
-        """Keep the ``tool_pool_size`` distinct tool lists with the smallest hashes: deterministic."""
-        for tools in tool_lists:
-            # a corpus row holds one JSON text per tool; a decomposed row the list's JSON text
-            t = tools if isinstance(tools, str) else "[" + ", ".join(tools) + "]"
-            if t == "[]" or t in self._pool_seen:
-                continue
-            h = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big")
-            if len(self._pool) < self._pool_size:
-                heapq.heappush(self._pool, (-h, t))
-                self._pool_seen.add(t)
-            elif -self._pool[0][0] > h:
-                _, dropped = heapq.heapreplace(self._pool, (-h, t))
-                self._pool_seen.discard(dropped)
-                self._pool_seen.add(t)
+    def summary(self) -> dict[str, Any]:
+        """Close the writers; what the driver needs of this unit (small: no rows)."""
+        for w in (self.ok, self.quarantine, self.filtered):
+            w.close()
+        return {
+            "unit": self.unit,
+            "rows": self.ok.rows,
+            "counts": self.counts.to_dict(),
+            "digest": f"{self._digest_sum:064x}",
+            "pool": self.pool.items,
+            "splits": dict(self.splits),
+        }
 
-    def tool_pool(self) -> list[str]:
-        return [t for _, t in sorted(self._pool, key=lambda x: -x[0])]
+
+class PassSummary:
+    """The driver's view of a pass: the units' summaries added up."""
+
+    def __init__(self, tool_pool_size: int = 0) -> None:
+        self.counts = StageCounts()
+        self.splits: Counter[str] = Counter()
+        self.rows = 0
+        self.units = 0
+        self.nodes: set[str] = set()
+        self._digest_sum = 0
+        self._pool = ToolPool(tool_pool_size)
+
+    def add(self, summary: dict[str, Any]) -> None:
+        self.units += 1
+        self.rows += summary["rows"]
+        self.counts.merge(summary["counts"])
+        self.splits.update(summary["splits"])
+        self._digest_sum = (self._digest_sum + int(summary["digest"], 16)) % _MOD
+        self._pool.merge(summary["pool"])
+        if summary.get("node"):
+            self.nodes.add(summary["node"])
 
     def fingerprint(self) -> str:
-        """A hash of the multiset of written rows: independent of the order they arrive in (Ray Data
+        """A hash of the multiset of written rows: independent of the order units finish in (Ray Data
         need not deliver blocks in input order) and computed in constant memory."""
         return hashlib.sha256(self._digest_sum.to_bytes(32, "big")).hexdigest()
 
-    @property
-    def rows(self) -> int:
-        return self.ok.rows
+    def tool_pool(self) -> list[str]:
+        return self._pool.tool_lists()
 
-    def close(self) -> None:
-        for w in (self.ok, self.quarantine, self.filtered):
-            w.close()
+
+class ToolPool:
+    """The ``size`` distinct tool lists with the smallest hashes: deterministic, and the union of every
+    unit's pool holds the global one, so units collect apart and the driver merges."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._heap: list[tuple[int, str]] = []  # max-heap (negated hash) of the kept lists
+        self._seen: set[str] = set()
+
+    def add(self, tool_lists: list[list[str] | str]) -> None:
+        for tools in tool_lists:
+            # a corpus row holds one JSON text per tool; a decomposed row the list's JSON text
+            t = tools if isinstance(tools, str) else "[" + ", ".join(tools) + "]"
+            if t == "[]":
+                continue
+            self._offer(int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big"), t)
+
+    def _offer(self, h: int, t: str) -> None:
+        if t in self._seen:
+            return
+        if len(self._heap) < self.size:
+            heapq.heappush(self._heap, (-h, t))
+            self._seen.add(t)
+        elif -self._heap[0][0] > h:
+            _, dropped = heapq.heapreplace(self._heap, (-h, t))
+            self._seen.discard(dropped)
+            self._seen.add(t)
+
+    @property
+    def items(self) -> list[tuple[int, str]]:
+        return [(-h, t) for h, t in self._heap]
+
+    def merge(self, items: list[tuple[int, str]] | list[list[Any]]) -> None:
+        for h, t in items:
+            self._offer(int(h), t)
+
+    def tool_lists(self) -> list[str]:
+        return [t for _, t in sorted(self._heap, key=lambda x: -x[0])]
 
 
 def row_hash(*fields: str) -> str:

@@ -143,13 +143,15 @@ def map_records(
 
 
 def generate(
-    entries: list[Entry], stage: str, fn: Callable[[list[Record]], list[Record | Drop | None]]
+    entries: list[Entry],
+    stage: str,
+    fn: Callable[[list[Record]], list[Record | Drop | Quarantine | None]],
 ) -> list[Entry]:
     """Make new records from the batch's records (the seeds), keeping every seed as it is.
 
     ``fn`` takes all seed records at once (so a model can answer a whole batch) and returns, per seed, a
-    new record, a :class:`Drop` (a candidate that yielded nothing, with the reason) or None (not a
-    candidate: not counted). The stage's ``in`` is the number of candidates, ``out`` the records made. If
+    new record, a :class:`Drop` (a candidate that yielded nothing, with the reason), a :class:`Quarantine`
+    (a candidate that failed, e.g. its responder request) or None (not a candidate: not counted). The stage's ``in`` is the number of candidates, ``out`` the records made. If
     ``fn`` raises, the seeds are retried one by one so that only the record at fault is quarantined.
     """
     out: list[Entry] = list(entries)

@@ -1,0 +1,84 @@
+"""The whole job (data, train, eval) on a two-node Ray cluster on this machine: each node with its own CPUs
+and worker processes (``ray.cluster_utils.Cluster``), so data tasks and the two training workers must spread
+over both. What the nodes share is ``output_dir`` (and the checkpoint storage under it), as on a real
+cluster with a shared filesystem (docs/cluster.md): nothing else may rely on the driver's local disk.
+
+It runs in a subprocess: the cluster needs a Ray of its own, apart from the test session's instance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors, list_tasks
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+cluster.add_node(num_cpus=1, resources={"second": 1})
+ray.init(address=cluster.address, log_to_driver=False)
+cluster.wait_for_nodes()
+
+from agentflan.cli import main
+
+code = main(["run", "pipelines/local.yaml", *sys.argv[2:]])
+workers = [a for a in list_actors(detail=True, limit=1000) if "TrainWorker" in a.class_name]
+tasks = [t for t in list_tasks(detail=True, limit=10000) if "_pass_a_task" in t.name]
+json.dump(
+    {
+        "code": code,
+        "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
+        "train_worker_nodes": sorted({a.node_id for a in workers}),
+        "pass_a_task_nodes": sorted({t.node_id for t in tasks if t.node_id}),
+    },
+    open(sys.argv[1], "w"),
+)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.ray  # a Ray cluster of its own, in a subprocess
+def test_the_whole_job_runs_across_two_nodes(tmp_path, shared_data):
+    out = tmp_path / "out"
+    result = tmp_path / "result.json"
+    s = shared_data
+    overrides = [
+        f"output_dir={out}",
+        f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
+        f"{{path: {s}/agentinstruct/mixed_sample_200.messages.json, source: agentinstruct}}, "
+        f"{{path: {s}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
+        f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+        "data.split_bytes=200000",  # several parts per file: tasks for both nodes
+        "train.seq_len=256",
+        "train.global_batch_size=4",
+        "train.max_steps=2",
+        "eval.max_per_case={a: 2, b: 2, c: 2, d: 2}",
+        "eval.max_hotpot=2",
+        "eval.max_tool_use_per_source=2",
+        "eval.max_new_tokens=8",
+        "eval.bfcl.max_per_category=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(result), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0 and result.exists(), proc.stderr[-3000:]
+    r = json.loads(result.read_text())
+    assert r["code"] == 0, (out / "logs" / "agentflan.log").read_text()[-3000:]
+    assert len(r["nodes"]) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["nodes"]) == sorted(r["nodes"])  # data tasks wrote shards from both nodes
+    assert r["train_worker_nodes"] == sorted(r["nodes"])  # one training worker per node
+    assert (out / "model" / "config.json").exists() and (out / "eval" / "report.json").exists()
