@@ -171,18 +171,18 @@ def cmd_bfcl(data_dir: str, replies_path: str, categories: list[str] | None) -> 
     ``<replies>.verdicts.jsonl`` beside it. Needs no spec, no Ray: it runs anywhere."""
     import json
 
-    from agentflan.eval import bfcl
+    from agentflan.eval import bfcl, bfcl_data
 
     path = Path(replies_path)
     try:
-        replies = bfcl.read_replies(path)
-        known = bfcl.categories(data_dir)
+        replies = bfcl_data.read_replies(path)
+        known = bfcl_data.categories(data_dir)
         if not known:
-            raise bfcl.BfclError(f"{data_dir}: no BFCL_v*_<category>.json files")
+            raise bfcl_data.BfclError(f"{data_dir}: no BFCL_v*_<category>.json files")
         if unknown := sorted(set(categories or []) - set(known)):
-            raise bfcl.BfclError(f"--categories: {', '.join(unknown)} not in {data_dir}")
+            raise bfcl_data.BfclError(f"--categories: {', '.join(unknown)} not in {data_dir}")
         verdicts = bfcl.score_replies(data_dir, replies, categories)
-    except (bfcl.BfclError, OSError) as e:
+    except (bfcl_data.BfclError, OSError) as e:
         print(f"agentflan: {e}", file=sys.stderr)
         return 2
     out = path.with_name(path.name.removesuffix(".jsonl") + ".verdicts.jsonl")
@@ -192,7 +192,7 @@ def cmd_bfcl(data_dir: str, replies_path: str, categories: list[str] | None) -> 
                 json.dumps({"id": v.id, "category": v.category, "valid": v.valid, "error": v.error}) + "\n"
             )
     summary = bfcl.summarize(verdicts)
-    questions = bfcl.question_counts(data_dir, categories)
+    questions = bfcl_data.question_counts(data_dir, categories)
     rows = [
         [c, f"{s['value']:.3f}" if s["value"] is not None else "-",
          f"[{s['low']:.3f}, {s['high']:.3f}]" if s["value"] is not None else "-", s["n"],
@@ -201,7 +201,7 @@ def cmd_bfcl(data_dir: str, replies_path: str, categories: list[str] | None) -> 
     ]  # fmt: skip
     print(format_table(["category", "accuracy", "95% CI", "scored", "questions"], rows))
     unmatched = len(replies) - len(verdicts)
-    skipped = sorted(c for c in known if not bfcl.scorable(c) and (not categories or c in categories))
+    skipped = sorted(c for c in known if not bfcl_data.scorable(c) and (not categories or c in categories))
     if unmatched:
         print(f"{unmatched} replies matched no question of a scored category", file=sys.stderr)
     if skipped:

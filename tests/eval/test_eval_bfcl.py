@@ -11,7 +11,7 @@ import json
 import pytest
 
 from agentflan.cli import main
-from agentflan.eval import bfcl
+from agentflan.eval import bfcl, bfcl_data
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def data(shared_data):
 @pytest.fixture(scope="module")
 def rows(data):
     out = {}
-    for category in bfcl.categories(data):
-        questions, answers = bfcl.load_category(data, category)
+    for category in bfcl_data.categories(data):
+        questions, answers = bfcl_data.load_category(data, category)
         for q in questions:
             out[q["id"]] = (category, q, answers.get(q["id"]))
     return out
@@ -122,10 +122,10 @@ def test_a_native_prompt_offers_openai_tools_and_expects_their_names(rows):
     """Under ``eval.output_format: native`` the functions go to the chat template as OpenAI tools (JSON Schema
     types, dots as underscores); the model's ``<tool_call>`` text is then judged against those names."""
     _, question, _ = rows["simple_python_1"]  # math.factorial(number: integer)
-    (tool,) = bfcl.openai_tools(question["function"])
+    (tool,) = bfcl_data.openai_tools(question["function"])
     assert tool["type"] == "function" and tool["function"]["name"] == "math_factorial"
     assert tool["function"]["parameters"]["type"] == "object"  # BFCL's "dict"
-    floats = bfcl.openai_tools([{"name": "f", "parameters": {"type": "dict", "properties": {
+    floats = bfcl_data.openai_tools([{"name": "f", "parameters": {"type": "dict", "properties": {
         "x": {"type": "float"}, "t": {"type": "tuple", "items": {"type": "float"}}}}}])  # fmt: skip
     props = floats[0]["function"]["parameters"]["properties"]
     assert props == {"x": {"type": "number"}, "t": {"type": "array", "items": {"type": "number"}}}

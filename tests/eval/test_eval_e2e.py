@@ -87,14 +87,14 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     }
     assert len(replies) == 2 + 2 + 4 + 4 + 4 + 5 * 2  # Agent-H, tool use, BFCL (5 categories x 2)
     # BFCL: each reply judged by the BFCL rules, per category in the report, the MLflow run and report.md
-    from agentflan.eval import bfcl
+    from agentflan.eval import bfcl, bfcl_data
 
     b = report["bfcl"]
     assert {v["category"] for v in b["verdicts"]} == set(b["summary"]) - {"overall"} and b["summary"][
         "overall"
     ]["n"] == 10
     for v in b["verdicts"]:
-        category, question, answers, _ = bfcl.prompts(SAMPLE_BFCL, None, 2, "react")[v["id"]]
+        category, question, answers, _ = bfcl_data.prompts(SAMPLE_BFCL, None, 2, "react")[v["id"]]
         assert bfcl.judge(category, question, answers, replies[f"bfcl/{v['id']}"]).valid == v["valid"]
 
     # The numbers, recomputed here from the replies on disk: Agent-H rates and the degenerate count...

@@ -3,11 +3,9 @@
 BFCL's single-turn AST categories are checked call by call against the question's function documents and
 the category's ``possible_answer`` file, with BFCL's rules (written from its public checker, our own code):
 
-* **Decoding** a reply into calls ``[{name: {param: value}}]``: a list of OpenAI ``tool_calls`` (native
-  function calling), or a text holding JSON calls (``{"name", "arguments"}``, lists of them, OpenAI
-  ``tool_calls`` objects, Hermes ``<tool_call>`` tags), Python-style calls (BFCL's prompting format:
-  ``[func(a=1, b="x")]``, keyword arguments, dotted names) or a ReAct ``Action`` / ``Action Input`` step.
-  A reply that decodes to nothing holds no call.
+* **Decoding** a reply into calls ``[{name: {param: value}}]`` (:mod:`agentflan.eval.bfcl_decode`: native
+  ``tool_calls``, JSON calls, ``<tool_call>`` tags, Python-style calls, a ReAct step). A reply that decodes
+  to nothing holds no call.
 * **Categories**: a name with ``parallel`` checks several calls in any order (each expected call takes the
   first unmatched reply call that passes); ``multiple`` checks one call among several offered functions; any
   other AST category checks exactly one call; ``irrelevance`` passes when the reply holds no call and
@@ -20,26 +18,25 @@ the category's ``possible_answer`` file, with BFCL's rules (written from its pub
 * Native ``tool_calls`` cannot carry dots in names (OpenAI's pattern): as BFCL's function-calling handlers do,
   a dotted function name is expected there with its dots turned into underscores. That holds for a reply
   given as a ``tool_calls`` list, and for any reply to a native prompt (``native_prompt``: the functions were
-  offered through ``tools=`` with underscored names, :func:`openai_tools`), where the calls come back as the
-  template's text, such as ``<tool_call>`` tags.
+  offered through ``tools=`` with underscored names, :func:`agentflan.eval.bfcl_data.openai_tools`), where
+  the calls come back as the template's text, such as ``<tool_call>`` tags.
 
 Java and JavaScript categories (whose values arrive as strings in the language's syntax) are not scored.
+Reading BFCL's data folder and building prompts is :mod:`agentflan.eval.bfcl_data`.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agentflan.data.react import parse_step
+from agentflan.eval.bfcl_data import categories, load_category, scorable
+from agentflan.eval.bfcl_decode import Call, DecodeError, decode_reply
 from agentflan.eval.stats import wilson
 
-Call = dict[str, dict[str, Any]]  # {function name: {parameter: value}}, BFCL's decoded form
 PYTHON_TYPES: dict[str, type] = {
     "string": str,
     "integer": int,
@@ -51,17 +48,7 @@ PYTHON_TYPES: dict[str, type] = {
     "any": str,
 }
 NESTED_TYPES = ("array", "tuple")
-_FILE = re.compile(r"^BFCL_v\d+_(?P<category>[\w]+)\.json$")
 _STANDARDIZE = re.compile(r"[ ,./\-_*^]")
-_TOOL_CALL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
-
-
-class BfclError(ValueError):
-    """A problem with the data folder or the replies file, in one line naming the file and line."""
-
-
-class DecodeError(ValueError):
-    """The reply holds no call in any format we read."""
 
 
 @dataclass(frozen=True)
@@ -74,162 +61,6 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------- decoding
-
-
-def decode_reply(reply: str | Sequence[Any]) -> tuple[list[Call], bool]:
-    """The calls in a reply, and whether they came as native ``tool_calls``. Raises :class:`DecodeError`."""
-    if not isinstance(reply, str):
-        return [_native_call(c) for c in reply], True
-    text = reply.strip()
-    if not text:
-        raise DecodeError("empty reply")
-    if tags := _TOOL_CALL_TAG.findall(text):
-        return [_json_call(_loads(t)) for t in tags], False
-    try:
-        value = json.loads(_unfence(text))
-    except ValueError:
-        value = None
-    if isinstance(value, (dict, list)):
-        return _json_calls(value), False
-    try:
-        return _python_calls(text), False
-    except (SyntaxError, ValueError, TypeError) as python_error:
-        step = parse_step(text)
-        if step is not None and step.tool and not step.is_final:
-            args = _loads(step.arguments) if step.arguments else {}
-            if not isinstance(args, dict):
-                raise DecodeError("ReAct arguments are not a JSON object") from None
-            return [{step.tool: args}], False
-        raise DecodeError(f"no call: {python_error}") from None
-
-
-def _unfence(text: str) -> str:
-    m = re.match(r"^```(?:json|python|py)?\s*\n?(.*?)\n?\s*```$", text, re.S)
-    return m.group(1).strip() if m else text
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as e:
-        raise DecodeError(f"invalid JSON: {e}") from None
-
-
-def _native_call(call: Any) -> Call:
-    """An OpenAI tool call (``{"type": "function", "function": {"name", "arguments"}}``) or its inner part."""
-    if not isinstance(call, Mapping):
-        raise DecodeError(f"a tool call is {type(call).__name__}, not an object")
-    fn = call.get("function", call)
-    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
-        raise DecodeError("a tool call without a function name")
-    args = fn.get("arguments", {})
-    if isinstance(args, str):
-        args = _loads(args) if args.strip() else {}
-    if not isinstance(args, dict):
-        raise DecodeError("tool call arguments are not an object")
-    return {fn["name"]: args}
-
-
-def _json_call(value: Any) -> Call:
-    if not isinstance(value, Mapping):
-        raise DecodeError("a JSON call is not an object")
-    if "function" in value and isinstance(value["function"], Mapping):
-        return _native_call(value)
-    name = value.get("name")
-    args = value.get("arguments", value.get("parameters", {}))
-    if not isinstance(name, str):
-        raise DecodeError("a JSON call without a name")
-    if isinstance(args, str):
-        args = _loads(args)
-    if not isinstance(args, dict):
-        raise DecodeError("JSON call arguments are not an object")
-    return {name: args}
-
-
-def _json_calls(value: Any) -> list[Call]:
-    if isinstance(value, Mapping) and "tool_calls" in value:
-        return [_native_call(c) for c in value["tool_calls"] or []]
-    items = value if isinstance(value, list) else [value]
-    return [_json_call(v) for v in items]
-
-
-def _python_calls(text: str) -> list[Call]:
-    """BFCL's prompting format: ``[f(a=1), g.h(b="x")]`` (brackets optional, backticks and quotes around)."""
-    body = _unfence(text).strip("`\n ").strip()
-    if body.startswith("python\n"):
-        body = body[len("python\n") :]
-    if not body.startswith("["):
-        body = "[" + body
-    if not body.endswith("]"):
-        body = body + "]"
-    tree = ast.parse(body.strip().strip("'"), mode="eval").body
-    elements = [tree] if isinstance(tree, ast.Call) else getattr(tree, "elts", None)
-    if elements is None:
-        raise ValueError("not a list of calls")
-    calls = []
-    for element in elements:
-        if not isinstance(element, ast.Call):
-            raise ValueError(f"{type(element).__name__} is not a call")
-        calls.append(_call(element))
-    return calls
-
-
-def _call(node: ast.Call) -> Call:
-    parts, func = [], node.func
-    while isinstance(func, ast.Attribute):
-        parts.append(func.attr)
-        func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
-    return {".".join(reversed(parts)): {k.arg: _value(k.value) for k in node.keywords if k.arg is not None}}
-
-
-def _value(node: ast.AST) -> Any:
-    """A Python literal as BFCL's decoder reads it (names become strings, ``true``/``false`` booleans)."""
-    if isinstance(node, ast.Constant):
-        return "..." if node.value is Ellipsis else node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _value(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.List):
-        return [_value(v) for v in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_value(v) for v in node.elts)
-    if isinstance(node, ast.Dict):
-        return {_value(k): _value(v) for k, v in zip(node.keys, node.values, strict=True)}
-    if isinstance(node, ast.Name):
-        return {"true": True, "false": False, "null": None, "None": None}.get(node.id, node.id)
-    if isinstance(node, ast.BinOp):
-        return _binop(node)
-    if isinstance(node, ast.Call):
-        return _call(node) if node.keywords else ast.unparse(node)
-    return ast.unparse(node)
-
-
-def _binop(node: ast.BinOp) -> Any:
-    left, right = _value(node.left), _value(node.right)
-    ops = {
-        ast.Add: lambda a, b: a + b,
-        ast.Sub: lambda a, b: a - b,
-        ast.Mult: lambda a, b: a * b,
-        ast.Div: lambda a, b: a / b,
-        ast.FloorDiv: lambda a, b: a // b,
-        ast.Mod: lambda a, b: a % b,
-        ast.Pow: lambda a, b: a**b,
-    }
-    op = ops.get(type(node.op))
-    if op is None:
-        return ast.unparse(node)
-    try:
-        return op(left, right)
-    except Exception:
-        return ast.unparse(node)
-
-
-# ----------------------------------------------------------------------------------------------- checking
 
 
 def standardize(text: str) -> str:
@@ -503,43 +334,6 @@ def judge(
     return Verdict(qid, category, result["valid"], result["error"], result["error_type"])
 
 
-# --------------------------------------------------------------------------------------------- data files
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    """BFCL's files are JSON lines despite their ``.json`` suffix."""
-    text = path.read_text(encoding="utf-8").strip()
-    if text.startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def categories(data_dir: str | Path) -> dict[str, Path]:
-    """Category -> question file of a BFCL data folder (``BFCL_v4_<category>.json``)."""
-    out = {}
-    for path in sorted(Path(data_dir).glob("BFCL_v*_*.json")):
-        if m := _FILE.match(path.name):
-            out[m.group("category")] = path
-    return out
-
-
-def scorable(category: str) -> bool:
-    """Single-turn Python categories (AST, irrelevance, relevance); not multi-turn, agentic, Java, JS."""
-    bad = ("multi_turn", "java", "javascript", "memory", "web_search", "format_sensitivity", "exec")
-    return not any(b in category for b in bad)
-
-
-def load_category(data_dir: str | Path, category: str) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """The questions of a category and, by id, their ground truth (none for irrelevance and relevance)."""
-    path = categories(data_dir).get(category)
-    if path is None:
-        raise FileNotFoundError(f"{data_dir}: no BFCL_v*_{category}.json")
-    questions = _lines(path)
-    answer_file = Path(data_dir) / "possible_answer" / path.name
-    answers = {str(a["id"]): a["ground_truth"] for a in _lines(answer_file)} if answer_file.exists() else {}
-    return questions, answers
-
-
 def score_replies(
     data_dir: str | Path, replies: Mapping[str, Any], only: Iterable[str] | None = None
 ) -> list[Verdict]:
@@ -564,91 +358,3 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, dict[str, Any]]:
     out = {c: wilson(sum(v.valid for v in vs), len(vs)).to_dict() for c, vs in sorted(by.items())}
     out["overall"] = wilson(sum(v.valid for v in verdicts), len(verdicts)).to_dict()
     return out
-
-
-def question_counts(data_dir: str | Path, only: Iterable[str] | None = None) -> dict[str, int]:
-    """Questions per scorable category of ``data_dir``."""
-    wanted = set(only) if only else None
-    return {
-        c: len(_lines(p))
-        for c, p in categories(data_dir).items()
-        if scorable(c) and (wanted is None or c in wanted)
-    }
-
-
-def read_replies(path: Path) -> dict[str, Any]:
-    """``{"id", "reply"}`` per line; a bad line is an error naming the file and line."""
-    replies: dict[str, Any] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise BfclError(f"{path}:{n}: not JSON ({e})") from None
-        if not isinstance(row, dict) or "id" not in row or "reply" not in row:
-            raise BfclError(f"{path}:{n}: expected an object with 'id' and 'reply'")
-        if not isinstance(row["reply"], (str, list)):
-            raise BfclError(f"{path}:{n}: 'reply' must be a string or a list of tool calls")
-        replies[str(row["id"])] = row["reply"]
-    return replies
-
-
-def prompts(
-    data_dir: str | Path,
-    only: Iterable[str] | None,
-    max_per_category: int | None,
-    output_format: str,
-) -> dict[str, tuple[str, dict[str, Any], list | None, list[dict[str, str]]]]:
-    """Question id -> (category, question, ground truth, chat messages) for the scorable categories: the
-    functions are offered in the system prompt with the format instruction the model was trained to follow
-    (as the Agent-H and tool-use prompts do), then the question's own turns. ``native``: no tools in the
-    system prompt; the caller offers :func:`openai_tools` to the chat template."""
-    from agentflan.data.align import FORMAT_INSTRUCTIONS, TOOLS_SYSTEM_PROMPT
-
-    wanted = set(only) if only else None
-    out = {}
-    for category in categories(data_dir):
-        if not scorable(category) or (wanted is not None and category not in wanted):
-            continue
-        questions, answers = load_category(data_dir, category)
-        for q in questions[:max_per_category]:
-            turns = (
-                q["question"][0] if q["question"] and isinstance(q["question"][0], list) else q["question"]
-            )
-            system = TOOLS_SYSTEM_PROMPT.format(tools=json.dumps(q["function"], ensure_ascii=False))
-            if instruction := FORMAT_INSTRUCTIONS.get(output_format, ""):
-                system += "\n" + instruction
-            own_system = [t["content"] for t in turns if t["role"] == "system"]
-            system_parts = own_system if output_format == "native" else [system, *own_system]
-            messages = [{"role": "system", "content": "\n\n".join(system_parts)}] if system_parts else []
-            messages += [{"role": t["role"], "content": t["content"]} for t in turns if t["role"] != "system"]
-            out[str(q["id"])] = (category, q, answers.get(str(q["id"])), messages)
-    return out
-
-
-# BFCL's own types to JSON Schema, as BFCL's function-calling handlers convert them (GORILLA_TO_OPENAPI).
-_OPENAPI_TYPES = {
-    "dict": "object", "float": "number", "tuple": "array", "list": "array", "any": "string", "bool": "boolean",
-    "byte": "integer", "short": "integer", "long": "integer", "double": "number", "char": "string",
-    "ArrayList": "array", "Array": "array", "HashMap": "object", "Hashtable": "object", "Queue": "array",
-    "Stack": "array", "Any": "string", "String": "string", "Bigint": "integer",
-}  # fmt: skip
-
-
-def openai_tools(functions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A question's functions as OpenAI tools for a native prompt: JSON Schema types, and dots in names as
-    underscores (OpenAI's name pattern; replies are then judged with ``native_prompt``, which expects them so)."""
-
-    def schema(node: Any) -> Any:
-        if isinstance(node, Mapping):
-            out = {k: schema(v) for k, v in node.items()}
-            if isinstance(out.get("type"), str):
-                out["type"] = _OPENAPI_TYPES.get(out["type"], out["type"])
-            return out
-        return [schema(v) for v in node] if isinstance(node, list) else node
-
-    return [
-        {"type": "function", "function": {**schema(dict(f)), "name": str(f["name"]).replace(".", "_")}}
-        for f in functions
-    ]

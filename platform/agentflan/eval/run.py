@@ -23,7 +23,7 @@ from agentflan.config import Config
 from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
 from agentflan.data.record import CALL_PARTS, TRAINED_CAPABILITIES, Message, Record
-from agentflan.eval import bfcl
+from agentflan.eval import bfcl, bfcl_data
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.quality import degenerate_count, too_weak
@@ -336,14 +336,14 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     prompts = {s.id: s.messages for s in [*agent_h.samples, *tool_use.samples]}
     b = e.bfcl
     bfcl_set = (
-        bfcl.prompts(b.data_dir, b.categories, b.max_per_category, e.output_format) if b.data_dir else {}
+        bfcl_data.prompts(b.data_dir, b.categories, b.max_per_category, e.output_format) if b.data_dir else {}
     )
     prompts.update({f"bfcl/{qid}": item[3] for qid, item in bfcl_set.items()})
     native_tools = None
     if e.output_format == "native":  # the tools go to the chat template, as a server offers them
         native_tools = {s.id: prompt_tools(s.tools) for s in [*agent_h.samples, *tool_use.samples]}
         native_tools.update(
-            {f"bfcl/{qid}": bfcl.openai_tools(item[1]["function"]) for qid, item in bfcl_set.items()}
+            {f"bfcl/{qid}": bfcl_data.openai_tools(item[1]["function"]) for qid, item in bfcl_set.items()}
         )
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
     replies = generate(
