@@ -219,8 +219,6 @@ def row_overrides(row: str, data: Path, args: argparse.Namespace) -> list[str]:
 
 def fit_with_ray(cfg, rows_path: Path, val_path: Path, tokenizer_dir: Path, log: Path) -> None:
     """One Ray Train fit of the real worker loop, one worker (what ``agentflan train`` starts, minus MLflow)."""
-    import pyarrow.parquet as pq
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -231,8 +229,8 @@ def fit_with_ray(cfg, rows_path: Path, val_path: Path, tokenizer_dir: Path, log:
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
-            "rows_ref": ray.put(pq.read_table(rows_path)),
-            "val_rows_ref": ray.put(pq.read_table(val_path)),
+            "rows_dir": str(rows_path),  # the packed shards: the worker reads the rows of its steps
+            "val_rows_dir": str(val_path),
             "tokenizer_dir": str(tokenizer_dir),
             "model_dir": str(Path(cfg.output_dir) / "model"),
             "steps_log": str(log),
@@ -251,12 +249,11 @@ def fit_with_ray(cfg, rows_path: Path, val_path: Path, tokenizer_dir: Path, log:
 
 
 def fit_single(cfg, rows_path: Path, val_path: Path, tokenizer_dir: Path, log: Path) -> None:
-    import pyarrow.parquet as pq
-
     from agentflan.train.loop import train_single_process
+    from agentflan.train.shards import PackedShards
 
     out = log.parent
-    train_single_process(cfg, pq.read_table(rows_path), pq.read_table(val_path), str(tokenizer_dir), out)
+    train_single_process(cfg, PackedShards(rows_path), PackedShards(val_path), str(tokenizer_dir), out)
     (out / "train" / "steps.jsonl").replace(log)
 
 

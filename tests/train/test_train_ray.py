@@ -138,12 +138,12 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
 
 
 def _heldout_loss(model, out) -> float:
-    import pyarrow.parquet as pq
     import torch
 
     from agentflan.train.loss import weighted_token_loss
+    from agentflan.train.shards import read_packed
 
-    rows = pq.read_table(Path(out) / "train/packed_validation.parquet").to_pylist()
+    rows = read_packed(Path(out) / "train/packed_validation").to_pylist()
     assert rows
     total = count = 0.0
     with torch.no_grad():
@@ -339,12 +339,12 @@ def test_lora_through_peft_saves_a_merged_model(ray_session, corpus_dir, tmp_pat
 _SINGLE_PROCESS = """
 import json, sys
 from pathlib import Path
-import pyarrow.parquet as pq
 from agentflan.config import Config
 from agentflan.train.loop import train_single_process
+from agentflan.train.shards import PackedShards
 cfg = Config.model_validate(json.loads(sys.argv[1]))
 out = Path(cfg.output_dir)
-train_single_process(cfg, pq.read_table(out / "train/packed_train.parquet"), None, str(out / "train/tokenizer"), out)
+train_single_process(cfg, PackedShards(out / "train/packed_train"), None, str(out / "train/tokenizer"), out)
 """
 
 

@@ -1,9 +1,11 @@
 """Packed rows as tensors from the start, and a prefetcher that has the next micro-batch ready on the device.
 
-The packed table arrives as Arrow (fixed-length list columns). It is converted once to 2-D tensors (int32 ids,
-float32 weights), so a micro-batch is an ``index_select``, put in pinned memory on a GPU worker, and one
-non-blocking copy, not a walk over Python lists on the training thread. A background thread assembles the batches of the plan
-ahead of the step that needs them; the time the step still waits for one is reported as ``data_wait_s``.
+The rows come either as an Arrow table (fixed-length list columns, converted once to 2-D tensors: int32 ids,
+float32 weights, so a micro-batch is an ``index_select``) or as the split's shards on disk
+(:class:`~agentflan.train.shards.PackedShards`: only the row groups the plan asks for are read). A batch is
+put in pinned memory on a GPU worker and copied with one non-blocking copy, not walked over as Python lists on
+the training thread. A background thread assembles the batches of the plan ahead of the step that needs
+them; the time the step still waits for one is reported as ``data_wait_s``.
 """
 
 from __future__ import annotations
@@ -11,26 +13,33 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from agentflan.train.shards import COLUMNS, PackedShards, matrix
 from agentflan.train.templates import IGNORE_INDEX
 
-_COLUMNS = {
-    "input_ids": torch.int32,
-    "labels": torch.int32,
-    "weights": torch.float32,
-    "position_ids": torch.int32,
-}
 
+class TableRows:
+    """A packed table held in memory as tensors: the same ``take`` as :class:`PackedShards`."""
 
-def _matrix(column: pa.ChunkedArray, n_rows: int) -> np.ndarray:
-    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(n_rows, -1) if n_rows else values.reshape(0, 0)
+    def __init__(self, table: pa.Table) -> None:
+        self.n_rows = table.num_rows
+        self.tensors = {
+            name: torch.from_numpy(matrix(table.column(name), self.n_rows).astype(dtype))
+            for name, dtype in COLUMNS.items()
+        }
+        self.n_real = table.column("n_real").to_numpy().astype(np.int64)
+        self.n_trained = table.column("n_trained").to_numpy().astype(np.int64)
+        self.seq_len = int(self.tensors["input_ids"].shape[1]) if self.n_rows else 0
+
+    def take(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        index = torch.tensor(list(indices), dtype=torch.long)
+        return {name: t.index_select(0, index) for name, t in self.tensors.items()}
 
 
 @dataclass
@@ -66,20 +75,16 @@ class Batch:
 
 
 class PackedBatches:
-    """The packed rows of one split as tensors, with the per-row counts the trainer needs.
+    """The packed rows of one split as batches, with the per-row counts the trainer needs: from a table in
+    memory, or read by row from the split's shards.
 
     With ``pin`` each batch (not the whole table, which may be gigabytes) is put in pinned memory, so its copy
     to the GPU is asynchronous."""
 
-    def __init__(self, table: pa.Table, pin: bool = False) -> None:
-        self.n_rows = table.num_rows
-        self.tensors = {
-            name: torch.from_numpy(_matrix(table.column(name), self.n_rows).copy()).to(dtype)
-            for name, dtype in _COLUMNS.items()
-        }
-        self.n_real = table.column("n_real").to_numpy().astype(np.int64)
-        self.n_trained = table.column("n_trained").to_numpy().astype(np.int64)
-        self.seq_len = int(self.tensors["input_ids"].shape[1]) if self.n_rows else 0
+    def __init__(self, rows: pa.Table | PackedShards, pin: bool = False) -> None:
+        self.rows = rows if isinstance(rows, PackedShards) else TableRows(rows)
+        self.n_rows, self.seq_len = self.rows.n_rows, self.rows.seq_len
+        self.n_real, self.n_trained = self.rows.n_real, self.rows.n_trained
         self.pin = pin
 
     def trained_tokens(self, indices: list[int]) -> int:
@@ -87,8 +92,7 @@ class PackedBatches:
 
     def batch(self, indices: list[int], ignore: list[int] | None = None) -> Batch:
         """Rows ``indices`` (CPU, pinned if the table is); the positions in ``ignore`` get no loss (fillers)."""
-        index = torch.tensor(indices, dtype=torch.long)
-        out = {name: t.index_select(0, index) for name, t in self.tensors.items()}
+        out = {name: torch.as_tensor(m) for name, m in self.rows.take(indices).items()}
         if ignore:
             out["labels"][ignore] = IGNORE_INDEX
             out["weights"][ignore] = 0.0

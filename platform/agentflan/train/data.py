@@ -1,9 +1,11 @@
-"""From the corpus to packed training rows, done once on the driver before the workers start.
+"""From the corpus to packed training rows, done once before the workers start.
 
 Tokenization and packing happen once, in the dataset (as OpenRLHF does), so the training loop only reads
-rows. The rows are shuffled with the seed and stored as one Arrow table; a worker finds the rows of optimizer
-step ``s`` by arithmetic (:func:`step_rows`, each epoch in a fresh seeded order), which makes the data
-position of a checkpoint just its step.
+rows. :func:`prepare` trains or loads the tokenizer on the driver, then tokenizes and packs on Ray Data (or in
+this process with ``data.engine=local``; same rows either way, :mod:`agentflan.train.pack_corpus`) into
+parquet shards whose rows are in a seeded order. A worker finds the rows of optimizer step ``s`` by arithmetic
+(:func:`step_rows`, each epoch in a fresh seeded order) and reads just those from the shards
+(:mod:`agentflan.train.shards`), which makes the data position of a checkpoint just its step.
 """
 
 from __future__ import annotations
@@ -13,33 +15,30 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from agentflan.config import Config
-from agentflan.data.pipeline import read_corpus
-from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
+from agentflan.data.record import Message
+from agentflan.train.packing import PackedRow
+from agentflan.train.shards import ROW_SCHEMA, shard_paths
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
-from agentflan.train.tokenizer import adapt_tokenizer, train_bpe_tokenizer
 from agentflan.train.tool_templates import JINJA_TEMPLATES
 
-ROW_SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("weights", pa.list_(pa.float32())),
-        ("position_ids", pa.list_(pa.int32())),
-        ("n_real", pa.int32()),
-        ("n_trained", pa.int32()),  # tokens whose label is trained (the loss normaliser's share of this row)
-    ]
-)
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is loaded: packing workers never need it
+    from transformers import PreTrainedTokenizerBase
+
+SPLITS = ("train", "validation")
 
 
 @dataclass
 class PackedData:
+    """Where :func:`prepare` put things: each split's shard directory (``train/packed_<split>``), the
+    tokenizer, and the packing counts."""
+
     train: Path
     validation: Path
     tokenizer_dir: Path
@@ -53,6 +52,12 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]]
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Conversation:
+        """A corpus row (``CORPUS_SCHEMA``; JSON-typed values come as text or already decoded)."""
+        tools = [json.loads(t) if isinstance(t, str) else t for t in row["tools"] or []]
+        return cls([Message.from_dict(m).to_dict() for m in row["messages"]], tools)
+
     def texts(self) -> list[str]:
         """Every text in it (contents, reasoning, call arguments, tool schemas): what a tokenizer learns from."""
         out = [json.dumps(t, ensure_ascii=False) for t in self.tools]
@@ -64,12 +69,23 @@ class Conversation:
         return [t for t in out if t]
 
 
+def corpus_shards(output_dir: str | Path) -> list[str]:
+    """The corpus shards the data pipeline wrote under ``output_dir``."""
+    from agentflan.data.pipeline import corpus_files
+
+    files = corpus_files(output_dir)
+    if not files:
+        raise FileNotFoundError(f"no corpus under {Path(output_dir) / 'corpus'}: run `agentflan data` first")
+    return files
+
+
 def corpus_split(output_dir: Path, split: str) -> list[Conversation]:
     """One split of the corpus written by the data pipeline, in id order."""
-    return [
-        Conversation([m.to_dict() for m in r.messages], list(r.tools or []))
-        for r in read_corpus(output_dir, split)
+    tables = [
+        pq.read_table(f, columns=["id", "split", "messages", "tools"]) for f in corpus_shards(output_dir)
     ]
+    rows = [r for t in tables for r in t.filter(pc.equal(t["split"], split)).to_pylist()]
+    return [Conversation.from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
 
 
 def encoding_template(cfg: Config) -> str | None:
@@ -82,6 +98,10 @@ def encoding_template(cfg: Config) -> str | None:
 def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
     """The model's tokenizer (made to speak the named template: :func:`adapt_tokenizer`), or (embedded default)
     a BPE tokenizer trained on the corpus; saved beside the run, and later with the model."""
+    from transformers import AutoTokenizer
+
+    from agentflan.train.tokenizer import adapt_tokenizer, train_bpe_tokenizer
+
     m = cfg.train.model
     source = m.tokenizer or m.name_or_path
     if source is not None:
@@ -104,7 +124,8 @@ def encode_split(
     return [encode_conversation(c.messages, tok, template, tools=c.tools) for c in conversations]
 
 
-def rows_table(rows: list[PackedRow], seed: int) -> pa.Table:
+def rows_table(rows: list[PackedRow], seed: int | str) -> pa.Table:
+    """The rows as a :data:`ROW_SCHEMA` table, in an order shuffled by ``seed``."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     data = []
@@ -137,6 +158,7 @@ def packing_key(cfg: Config) -> dict[str, Any]:
         "template": m.template,
         "seq_len": t.seq_len,
         "packing": t.packing,
+        "pack_block_samples": t.pack_block_samples,
         "seed": cfg.seed,
     }
 
@@ -147,48 +169,47 @@ def _fingerprint(output_dir: Path) -> str | None:
 
 
 def prepare(cfg: Config) -> PackedData:
-    """Tokenize and pack both splits; write ``train/packed_{train,validation}.parquet`` and the tokenizer.
+    """Tokenize and pack both splits into ``train/packed_{train,validation}/part-*.parquet``; save the
+    tokenizer to ``train/tokenizer`` and the counts to ``train/data_stats.json``.
 
-    Reused when ``train/packed_key.json`` matches (:func:`packing_key`): a resumed run, or another run on the
-    same corpus and tokenizer, does not tokenize again."""
+    The tokenizer is trained or loaded here, on the driver, once; the encoding and packing run on Ray Data
+    (``data.engine=ray``: Ray is joined or started as the data stage does) or in this process (``local``),
+    with the same rows in the same order. Reused when ``train/packed_key.json`` matches
+    (:func:`packing_key`): a resumed run, or another run on the same corpus and tokenizer, does not tokenize
+    again."""
+    from agentflan.train.pack_corpus import PackJob, corpus_sources, plan_blocks, run_pack
+
     out = Path(cfg.output_dir)
     train_dir = out / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     key_file = train_dir / "packed_key.json"
     key = packing_key(cfg)
-    paths = {split: train_dir / f"packed_{split}.parquet" for split in ("train", "validation")}
+    paths = {split: train_dir / f"packed_{split}" for split in SPLITS}
     if (
         key["corpus"] is not None
         and key_file.exists()
         and json.loads(key_file.read_text()) == key
-        and all(p.exists() for p in paths.values())
+        and all(shard_paths(p) for p in paths.values())
     ):
         stats = json.loads((train_dir / "data_stats.json").read_text())
         return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)
     key_file.unlink(missing_ok=True)
-    heldout = Path(cfg.data.heldout_from) if cfg.data.heldout_from else out
-    convs = {"train": corpus_split(out, "train"), "validation": corpus_split(heldout, "validation")}
-    if not convs["train"]:
+    sources = corpus_sources(cfg)
+    plans = plan_blocks(sources, cfg.seed, cfg.train.pack_block_samples)
+    if not plans["train"].n_samples:
         raise ValueError(f"the corpus under {out} has no train split")
-    texts = [text for c in convs["train"] for text in c.texts()]
+    m = cfg.train.model
+    # Only the embedded default's tokenizer is trained (on the train split's texts); a model's is loaded.
+    texts = (
+        [] if (m.tokenizer or m.name_or_path) else [x for c in corpus_split(out, "train") for x in c.texts()]
+    )
     tok = load_tokenizer(cfg, texts, train_dir / "tokenizer")
-    stats: dict[str, Any] = {}
-    pad_id = tok.pad_token_id
-    for split, conversations in convs.items():
-        samples = encode_split(conversations, tok, cfg)
-        strategy = PackingStrategy.BEST_FIT_DECREASING if cfg.train.packing else PackingStrategy.NONE
-        rows, st = pack_samples(samples, cfg.train.seq_len, pad_id, strategy)
-        path = train_dir / f"packed_{split}.parquet"
-        pq.write_table(rows_table(rows, cfg.seed), path)
-        paths[split] = path
-        stats[split] = {
-            "rows": st.n_rows,
-            "samples": st.n_samples,
-            "truncated": st.n_truncated,
-            "dropped_untrained": st.n_dropped_untrained,
-            "real_token_share": round(st.real_token_share, 4),
-            "real_tokens": st.real_tokens,
-        }
+    job = PackJob.of(cfg, sources, tok.pad_token_id)
+    if cfg.data.engine == "ray":
+        from agentflan.ray_utils import ensure_ray
+
+        ensure_ray(cfg.data.num_cpus)
+    stats = run_pack(job, plans, cfg.data.engine, cfg.train.tokenize_actors)
     (train_dir / "data_stats.json").write_text(json.dumps(stats, indent=2))
     key_file.write_text(json.dumps(key))
     return PackedData(paths["train"], paths["validation"], train_dir / "tokenizer", stats)

@@ -45,6 +45,7 @@ from agentflan.train.model import (
     set_gradient_checkpointing,
     tiny_llama_config,
 )
+from agentflan.train.shards import PackedShards, worker_rows
 
 CHECKPOINT_TAG = "ds"
 STATE_FILE = "agentflan_state.json"
@@ -121,8 +122,8 @@ class TrainState:
 
 def setup(
     cfg: Config,
-    rows: pa.Table,
-    val_rows: pa.Table | None,
+    rows: pa.Table | PackedShards,
+    val_rows: pa.Table | PackedShards | None,
     tokenizer_dir: str,
     rank: int,
     world: int,
@@ -178,7 +179,7 @@ def setup(
         engine=engine,
         scheduler=scheduler,
         rows=packed,
-        val_rows=PackedBatches(val_rows, pin=False) if val_rows is not None and val_rows.num_rows else None,
+        val_rows=PackedBatches(val_rows) if val_rows is not None and len(val_rows) else None,
         device=device,
         rank=rank,
         world=world,
@@ -450,19 +451,17 @@ def _start_log(log_path: Path, state: TrainState) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train entry: rows from the object store, rank from the train context, reports to Ray."""
-    import ray
+    """The Ray Train entry: rows read from the shards, rank from the train context, reports to Ray."""
     import ray.train
 
     cfg = Config.model_validate(config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    val_ref = config.get("val_rows_ref")
     state = setup(
         cfg,
-        ray.get(config["rows_ref"]),
-        ray.get(val_ref) if val_ref is not None else None,
+        worker_rows(config, "rows"),
+        worker_rows(config, "val_rows"),
         config["tokenizer_dir"],
         rank,
         world,
@@ -496,8 +495,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def train_single_process(
     cfg: Config,
-    rows: pa.Table,
-    val_rows: pa.Table | None,
+    rows: pa.Table | PackedShards,
+    val_rows: pa.Table | PackedShards | None,
     tokenizer_dir: str,
     output_dir: Path,
     run_id: str | None = None,

@@ -23,10 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import accumulate
-
-import torch
+from typing import TYPE_CHECKING
 
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample
+
+if TYPE_CHECKING:  # torch is imported where a batch is built: packing workers never load it
+    import torch
 
 
 class PackingStrategy(str, Enum):
@@ -106,6 +108,16 @@ def pack_samples(
     return rows, stats
 
 
+def count_rows(
+    lengths: Sequence[int],
+    seq_len: int,
+    strategy: PackingStrategy | str = PackingStrategy.BEST_FIT_DECREASING,
+) -> int:
+    """Rows that packing samples of these lengths (each at most ``seq_len``) gives: the packing of a whole
+    split from its lengths alone, without the tokens."""
+    return len(_PACKERS[PackingStrategy(strategy)](lengths, seq_len))
+
+
 def _sequential(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
     groups: list[list[int]] = []
     used = seq_len  # forces a first row
@@ -164,6 +176,8 @@ def _build_row(samples: Sequence[EncodedSample], seq_len: int, pad_id: int) -> P
 
 def collate_packed(rows: Sequence[PackedRow]) -> dict[str, torch.Tensor]:
     """Stack packed rows into a batch. No ``attention_mask``: the position ids carry the sample boundaries."""
+    import torch
+
     return {
         "input_ids": torch.tensor([r.input_ids for r in rows], dtype=torch.long),
         "labels": torch.tensor([r.labels for r in rows], dtype=torch.long),
@@ -175,6 +189,8 @@ def collate_packed(rows: Sequence[PackedRow]) -> dict[str, torch.Tensor]:
 
 def collate_padded(samples: Sequence[EncodedSample], pad_id: int) -> dict[str, torch.Tensor]:
     """One sample per row, right-padded to the longest, with a 2D ``attention_mask`` (the unpacked baseline)."""
+    import torch
+
     width = max(len(s) for s in samples)
     real_mask = torch.arange(width) < torch.tensor([[len(s)] for s in samples])
     pad = [width - len(s) for s in samples]

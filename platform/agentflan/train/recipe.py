@@ -1,8 +1,9 @@
 """The fine-tuning recipe: corpus -> packed rows -> Ray Train (DeepSpeed) -> saved model, tracked in MLflow.
 
-Read top to bottom: :func:`run_train` makes sure the corpus exists, tokenizes and packs it once, opens the
-MLflow run, starts a ``TorchTrainer`` whose workers run :func:`agentflan.train.loop.train_loop_per_worker`,
-and closes the run FINISHED or FAILED.
+Read top to bottom: :func:`run_train` makes sure the corpus exists, tokenizes and packs it once into
+parquet shards, opens the MLflow run, starts a ``TorchTrainer`` whose workers run
+:func:`agentflan.train.loop.train_loop_per_worker` (each reads the rows of its steps from the shards, on the
+shared ``output_dir``), and closes the run FINISHED or FAILED.
 
 Resuming: Ray Train keeps checkpoints under ``<storage>/<name>``; a run started again with the same spec
 and output dir finds the latest one (``ray.train.get_checkpoint``) and continues from its step. Workers
@@ -43,21 +44,19 @@ def run_train(
     ``tags`` go on the MLflow run (a Tune trial adds its parent run); ``callbacks`` on Ray Train's
     ``RunConfig`` (a Tune trial adds ``TuneReportCallback``, which forwards every report to Tune).
     """
-    import pyarrow.parquet as pq
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from agentflan import tracking
     from agentflan.ray_utils import ensure_ray
     from agentflan.train.loop import total_steps, train_loop_per_worker
+    from agentflan.train.shards import shard_rows
 
     out = Path(cfg.output_dir).resolve()
     t = cfg.train
     progress("train: tokenizing and packing the corpus")
     packed = prepare(cfg)
-    rows = pq.read_table(packed.train)
-    val_rows = pq.read_table(packed.validation)
+    n_rows = shard_rows(packed.train)
     ensure_ray()
     run_id = tracking.start_run(cfg, f"{cfg.name}-train", tags={"agentflan.stage": "train", **(tags or {})})
     manifest = out / "manifest.json"
@@ -68,8 +67,8 @@ def run_train(
     steps_log = out / "train" / "steps.jsonl"
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
-        "rows_ref": ray.put(rows),
-        "val_rows_ref": ray.put(val_rows),
+        "rows_dir": str(packed.train.resolve()),  # workers read the rows of their steps, not the table
+        "val_rows_dir": str(packed.validation.resolve()),
         "tokenizer_dir": str(packed.tokenizer_dir),
         "model_dir": str(model_dir),
         "steps_log": str(steps_log),
@@ -91,9 +90,9 @@ def run_train(
             callbacks=callbacks,
         ),
     )
-    steps_total = total_steps(cfg, rows.num_rows)
+    steps_total = total_steps(cfg, n_rows)
     progress(
-        f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {rows.num_rows} rows of "
+        f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {n_rows} rows of "
         f"{t.seq_len}, {steps_total} steps"
     )
     with tracking.run_status(cfg, run_id), _watch_steps(steps_log, steps_total, progress):
