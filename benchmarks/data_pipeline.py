@@ -64,8 +64,9 @@ def build_corpus(root: Path, copies: int) -> list[dict]:
 class PeakMemory:
     """Samples the PSS of a process tree every ``interval`` seconds; keeps the peak."""
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    def __init__(self, pid: int, interval: float = 0.25, tree: bool = True) -> None:
         self.root = psutil.Process(pid)
+        self.tree = tree  # the tree's PSS costs CPU to read (every process's smaps): off for throughput runs
         self.interval = interval
         self.peak = 0
         self.driver_peak = 0  # the root process's RSS
@@ -86,7 +87,8 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._tree_pss())
+            if self.tree:
+                self.peak = max(self.peak, self._tree_pss())
             with contextlib.suppress(psutil.Error):
                 self.driver_peak = max(self.driver_peak, self.root.memory_info().rss)
             self._stop.wait(self.interval)
@@ -113,11 +115,11 @@ def data_cmd(engine: str, inputs: list[dict], out: Path, num_cpus: int) -> list[
     ]
 
 
-def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int, *extra: str) -> dict:
-    cmd = [*data_cmd(engine, inputs, out, num_cpus), *extra]
+def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int, tree: bool = True) -> dict:
+    cmd = data_cmd(engine, inputs, out, num_cpus)
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    mem = PeakMemory(proc.pid)
+    mem = PeakMemory(proc.pid, tree=tree)
     log, _ = proc.communicate()
     peak = mem.stop()
     driver_peak = mem.driver_peak
@@ -133,7 +135,7 @@ def run_engine(engine: str, inputs: list[dict], out: Path, num_cpus: int, *extra
         "startup_seconds": m["startup_seconds"],
         "wall_seconds": round(wall, 1),
         "records_per_s": records / m["seconds"],
-        "peak_pss_mb": peak / 2**20,
+        "peak_pss_mb": peak / 2**20 if tree else float("nan"),
         "driver_peak_mb": driver_peak / 2**20,
         "fingerprint": m["fingerprint"],
     }
@@ -163,7 +165,7 @@ def single_file(args: argparse.Namespace, root: Path) -> None:
     results = []
     for engine in ("ray", "local"):
         print(f"running {engine} on one {mb:.0f} MB file ...", file=sys.stderr, flush=True)
-        results.append(run_engine(engine, inp(whole), root / f"single_{engine}", args.num_cpus))
+        results.append(run_engine(engine, inp(whole), root / f"single_{engine}", args.num_cpus, tree=False))
     print("running 2 plain processes on halves ...", file=sys.stderr, flush=True)
     results.append(run_two_plain(inp(half_a), inp(half_b), root / "single_halves", args.num_cpus))
     rows = [

@@ -146,7 +146,7 @@ class DataConfig(_Strict):
     num_cpus: int | None = Field(None, gt=0, description="CPUs for a Ray instance started here.")
     batch_size: int = Field(256, gt=0)
     split_bytes: int = Field(
-        16 << 20,
+        8 << 20,
         gt=0,
         description="Input files larger than this are read by several tasks (JSONL line ranges, JSON array "
         "elements, parquet row groups), one per this many bytes.",
