@@ -78,7 +78,7 @@ def test_the_console_shows_progress_and_tables_and_the_log_has_the_rest(tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = proc.stdout + proc.stderr
     assert "data: read, filter, align, decompose: 100%" in proc.stderr  # the stage's progress bar, ended
-    assert "6/6" in proc.stderr and "files" in proc.stderr
+    assert "6/6" in proc.stderr and "parts" in proc.stderr  # the 6 input files, each one part
     assert "corpus rows: 2020" in proc.stdout and "bucket" in proc.stdout  # the summary tables
     for noise in ("INFO", "WARNING", "Started a local Ray instance", "Running Dataset", "logging_progress"):
         assert noise not in console, noise

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,10 @@ report:
 
 @pytest.mark.ray
 def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
-    ray_session, shared_data, tmp_path, capsys
+    ray_session, shared_data, tiny_model_dir, tmp_path, capsys
 ):
+    """Also: a model writes the negatives (a tiny HF model), and it is asked once per query across the study:
+    the base run asks it, every trial's re-mix answers from the cache beside ``decomposed/``."""
     from agentflan.tracking import client
 
     space = tmp_path / "four.yaml"
@@ -110,6 +113,7 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
         f"{{path: {s}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
         f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+        f"data.negatives.responder={{kind: hf, model: {tiny_model_dir}, max_new_tokens: 4}}",
         "data.engine=local",
         "train.seq_len=256",
         "train.global_batch_size=4",
@@ -133,6 +137,21 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         (a, s) for a in ("w/o negatives", "w/ negatives") for s in ("0", "1")
     }
     assert all(0 <= float(r["agent_h.h_score"]) <= 1 and float(r["val_loss"]) > 0 for r in rows)
+    # Negatives asked of the model, per run: the base run (seed 0) asks every distinct query once (a query
+    # the corpus repeats is answered from the cache); seed-0 trials re-mix from the cache and ask nothing;
+    # seed 1 draws other negatives, asked by the first seed-1 trial only.
+    base = json.loads((out / "manifest.json").read_text())["responder"]
+    assert base["asked"] > 20
+    calls = {
+        (r["param.arm"], r["param.seed"]): json.loads(
+            (study / "trials" / r["trial"] / "manifest.json").read_text()
+        )["responder"]
+        for r in rows
+    }
+    for arm in ("w/o negatives", "w/ negatives"):
+        assert calls[arm, "0"] == {"asked": 0, "cached": base["asked"] + base["cached"]}
+    seed1 = sorted(calls[arm, "1"]["asked"] for arm in ("w/o negatives", "w/ negatives"))
+    assert seed1[0] == 0 < seed1[1]
     # the arms differ in their training corpus only: no negatives trained on without them
     for r in rows:
         train = read_corpus(study / "trials" / r["trial"], "train")
@@ -230,50 +249,3 @@ def test_searchers_draw_trials_from_every_space_kind():
 
     first = draws()
     assert first == draws() and len({c["lr"] for c in first}) == 3
-
-
-CACHED_STUDY = """
-name: cached
-objective: {metric: val_loss, mode: min}
-search: {kind: grid}
-params:
-  react_share: {grid: [0.1, 0.9]}
-"""
-
-
-@pytest.mark.ray
-def test_a_study_asks_a_model_backed_responder_once_per_query(
-    ray_session, shared_data, tiny_model_dir, tmp_path
-):
-    """The negatives of a decomposed corpus are written once: the study's base run asks the model, every
-    trial's re-mix answers from the cache beside ``decomposed/`` (counted in each manifest)."""
-    import json
-
-    space = tmp_path / "cached.yaml"
-    space.write_text(CACHED_STUDY)
-    out = tmp_path / "out"
-    s = shared_data
-    args = [
-        f"output_dir={out}",
-        f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
-        f"{{path: {s}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
-        f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
-        f"data.negatives.responder={{kind: hf, model: {tiny_model_dir}, max_new_tokens: 4}}",
-        "data.negatives.case_c_rate=0.05",
-        "data.negatives.case_b_rate=1.0",
-        "data.engine=local",
-        "train.seq_len=256",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.max_steps=1",
-        "tune.evaluate=false",
-        "tune.resources_per_worker={CPU: 0.5}",
-    ]
-    assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
-    base = json.loads((out / "manifest.json").read_text())["responder"]
-    assert base["asked"] > 20 and base["cached"] == 0
-    trials = sorted((out / "tune" / "cached" / "trials").glob("*/manifest.json"))
-    assert len(trials) == 2
-    for manifest in trials:
-        calls = json.loads(manifest.read_text())["responder"]
-        assert calls["asked"] == 0 and 0 < calls["cached"] <= base["asked"] + base["cached"]

@@ -6,9 +6,13 @@ resume that reads what an uninterrupted run reads, a second epoch in another ord
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -239,3 +243,36 @@ def test_tokenize_pack_benchmark_small(tmp_path):
     results = json.loads((tmp_path / "b/results.json").read_text())
     assert [r["same"] for r in results] == [True, True, True]
     assert "| whole split " in proc.stdout
+
+
+def _kill_an_encoder(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray actor process seen encoding (a tokenizer actor in the middle of its work)."""
+    while not stop.is_set() and not killed:
+        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        for line in ps.splitlines():
+            if "ray::MapWorker" in line and "Encoder" in line:
+                time.sleep(0.2)
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+                killed.append(int(line.split()[0]))
+                return
+        time.sleep(0.02)
+
+
+def test_a_killed_tokenizer_actor_changes_no_shard(ray_session, corpus, packed, tmp_path):
+    """Ray Data restarts a dead actor and retries its work; shards are written whole by the packing tasks,
+    so the result is the same bytes as the one-process run's."""
+    _, local = packed
+    cfg = make_cfg(copy_of(corpus, tmp_path / "run"), "data.engine=ray")
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_an_encoder, args=(killed, stop))
+    killer.start()
+    try:
+        on_ray = prepare(cfg)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no tokenizer actor was seen to kill"
+    for split in ("train", "validation"):
+        assert shard_bytes(getattr(local, split)) == shard_bytes(getattr(on_ray, split)), split
+    assert on_ray.stats == local.stats
