@@ -31,6 +31,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_pipeline import (
+    table,
+)  # the benchmarks' markdown table (a sibling script: benchmarks/ is on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "platform/agentflan/sample_data"
 
@@ -121,13 +125,6 @@ def block_sweep(
         rows = sum(count_rows(order[i : i + n], seq_len) for i in range(0, len(order), n))
         out.append(("whole split" if n == len(order) else str(n), rows, real / (rows * seq_len)))
     return out
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def main() -> None:
