@@ -49,16 +49,17 @@ class CapabilityWeights(_Strict):
 class ResponderConfig(_Strict):
     """Who writes the plain replies of negative samples."""
 
-    kind: Literal["template", "hf", "openai"] = Field(
+    kind: Literal["template", "hf", "openai", "vllm"] = Field(
         "template",
         description="template = offline rules over the corpus; hf = local transformers model; "
-        "openai = an OpenAI-compatible chat endpoint.",
+        "openai = an OpenAI-compatible chat endpoint; vllm = a vLLM batch job through ray.data.llm "
+        "before pass B (needs vllm on the workers; untested here).",
     )
     model: str | None = Field(None, description="HF model path/id, or the endpoint's model name.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     max_new_tokens: int = Field(256, gt=0)
-    batch_size: int = Field(8, gt=0, description="hf: prompts generated together.")
+    batch_size: int = Field(8, gt=0, description="hf, vllm: prompts generated together.")
     timeout_s: float = Field(60.0, gt=0, description="openai: seconds one request may take.")
     concurrency: int = Field(
         8, gt=0, description="openai: requests in flight at once per worker (a server batches them)."
@@ -77,13 +78,25 @@ class ResponderConfig(_Strict):
     )
 
     num_actors: int = Field(
-        1, gt=0, description="hf: Ray Data actors generating at once (each loads the model once)."
+        1,
+        gt=0,
+        description="hf, vllm: Ray Data actors (vllm: engine replicas) generating at once, each loading "
+        "the model once.",
     )
-    num_gpus: float = Field(0, ge=0, description="hf: GPUs per actor (1 puts each on a GPU, in bf16).")
+    num_gpus: float = Field(
+        0,
+        ge=0,
+        description="hf: GPUs per actor (1 puts each on a GPU, in bf16); vllm: the tensor-parallel size "
+        "of each replica.",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vllm: extra vLLM engine arguments (e.g. max_model_len, gpu_memory_utilization).",
+    )
 
     @model_validator(mode="after")
     def _needs(self) -> ResponderConfig:
-        if self.kind in ("hf", "openai") and not self.model:
+        if self.kind in ("hf", "openai", "vllm") and not self.model:
             raise ValueError(f"responder kind {self.kind!r} needs `model`")
         if self.kind == "openai" and not self.base_url:
             raise ValueError("responder kind 'openai' needs `base_url`")

@@ -77,7 +77,7 @@ def check_models(cfg: Config, command: str) -> None:
     if command in ("train", "run", "tune"):
         check_model_path("train.model.name_or_path", m.name_or_path)
         check_model_path("train.model.tokenizer", m.tokenizer)
-    if command in ("data", "train", "run", "tune") and cfg.data.negatives.responder.kind == "hf":
+    if command in ("data", "train", "run", "tune") and cfg.data.negatives.responder.kind in ("hf", "vllm"):
         check_model_path("data.negatives.responder.model", cfg.data.negatives.responder.model)
     if command == "eval" and cfg.eval.model:
         check_model_path("model", cfg.eval.model)

@@ -30,7 +30,7 @@ from agentflan.data.mixture import bucket_stats, mix_record
 from agentflan.data.negatives import NegativeSampler
 from agentflan.data.readers import RecordError, is_agent_record, parse_item
 from agentflan.data.record import CORPUS_SCHEMA, ROW_SCHEMA, Record, storage_schema
-from agentflan.data.responders import make_responder
+from agentflan.data.responders import Responder, make_responder
 from agentflan.data.sink import UnitSink, row_hash
 from agentflan.data.splits import read_part
 from agentflan.data.stage import Drop, Entry, Row, count_row, decode, encode, generate, map_records
@@ -205,15 +205,22 @@ class PassB:
     in an actor. Everything a Tune trial varies (ReAct share, negatives, capability weights, ratios) is
     applied here, so a trial re-runs this pass alone over ``decomposed/``."""
 
-    def __init__(self, cfg: Config, tool_pool: list[str], cache_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        tool_pool: list[str],
+        cache_dir: str | None = None,
+        responder: Responder | None = None,
+    ) -> None:
         """``cache_dir`` (``<base>/decomposed/negatives_cache``) keeps model-written negative replies, so the
-        trials that re-mix one decomposed corpus ask the model once (see ``CachedResponder``); None: no cache."""
+        trials that re-mix one decomposed corpus ask the model once (see ``CachedResponder``); None: no cache.
+        ``responder`` replaces the one the config names (the batch engine's request collector)."""
         d = cfg.data
         self.cfg = cfg
         self.sampler = None
         self._seen_calls = (0, 0)  # the responder's (cached, asked) counts already reported
         if d.negatives.enabled:
-            responder = make_responder(d.negatives.responder, cfg.seed, cache_dir)
+            responder = responder or make_responder(d.negatives.responder, cfg.seed, cache_dir)
             self.sampler = NegativeSampler(d.negatives, responder, tool_pool, cfg.seed, d.call_format)
 
     def _negatives(self, records: list[Record]) -> list[Record | Drop | Exception | None]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from agentflan.config import Config, InputSpec
 from agentflan.console import count
+from agentflan.data.batch_negatives import BATCH_KINDS, fill_negatives_cache
 from agentflan.data.mixture import TOKEN_COUNTER
 from agentflan.data.negatives import load_tool_pool_file
 from agentflan.data.passes import (
@@ -144,7 +145,8 @@ def _pass_b(
     _prepare_dirs(out, "corpus")
     summary = PassSummary()
     responder = cfg.data.negatives.responder
-    if engine == "ray" and cfg.data.negatives.enabled and responder.kind != "template":
+    batch = _batch_generate(cfg, shards, pool, cache_dir, progress)
+    if engine == "ray" and cfg.data.negatives.enabled and responder.kind in ("hf", "openai"):
         # A model-backed responder lives in actors (a pool), so each model loads once per actor.
         summaries = _ray_map(
             shards,
@@ -164,7 +166,26 @@ def _pass_b(
         summary.add(s)
         count(progress, PASS_B, i, len(shards), unit="shards", records=summary.rows)
     _finish_dirs(out, "corpus", CORPUS_SCHEMA)
+    if batch:
+        summary.counts.extra.setdefault("responder", {}).update(batch)
     return summary
+
+
+def _batch_generate(
+    cfg: Config, shards: Units, pool: list[str], cache_dir: str, progress: Progress
+) -> dict[str, int]:
+    """For a batch-engine responder (``vllm``), every reply pass B will need, generated into the cache
+    before it runs (:mod:`agentflan.data.batch_negatives`); pass B then reads them like any cached reply.
+    A re-mix (a Tune trial) does the same: it generates only what the cache lacks. Returns the manifest's
+    ``responder.batch_requests`` / ``batch_answered`` ({} for other responders)."""
+    if not cfg.data.negatives.enabled or cfg.data.negatives.responder.kind not in BATCH_KINDS:
+        return {}
+    from agentflan.ray_utils import ensure_ray
+
+    ensure_ray(cfg.data.num_cpus)
+    progress("negatives: generating the replies pass B needs in one batch job")
+    counts = fill_negatives_cache(cfg, shards, pool, cache_dir)
+    return {"batch_requests": counts["requests"], "batch_answered": counts["answered"]}
 
 
 def _ray_map(

@@ -3,7 +3,9 @@
 The paper had GPT-4 answer its negative queries. Here the default works offline and reproducibly
 (:class:`TemplateResponder`: replies drawn from the corpus where it has one, templates where it does not);
 users with a model plug in :class:`HFResponder` (a local transformers model) or :class:`OpenAIResponder`
-(any OpenAI-compatible chat endpoint, e.g. vLLM). All take a batch, so a model is called once per batch.
+(any OpenAI-compatible chat endpoint, e.g. a vLLM server). All take a batch, so a model is called once per
+batch. ``kind: vllm`` is a batch job before pass B instead (:mod:`agentflan.data.batch_negatives`), whose
+replies pass B reads from the cache (:class:`Unanswered` behind it).
 
 A request a model could not answer (an endpoint that kept failing) comes back as a
 :class:`ResponderFailure`, not an exception: one bad request must not cost the rest of its batch, and the
@@ -223,6 +225,18 @@ class OpenAIResponder:
             return list(pool.map(self._one, requests))
 
 
+NOT_GENERATED = "the batch engine wrote no reply for this request"
+
+
+class Unanswered:
+    """``kind: vllm`` in pass B: the replies were generated before the pass, in one batch job, into the
+    cache (:mod:`agentflan.data.batch_negatives`), so a request the cache cannot answer is one the engine
+    failed on. Its candidate is quarantined (``responder_failed``), not asked again."""
+
+    def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
+        return [ResponderFailure(NOT_GENERATED)] * len(requests)
+
+
 # ResponderConfig fields that do not change what a model replies: left out of the cache key, so tuning
 # them keeps the cache. Everything else (a new field too, until it is listed here) is in the key.
 _NOT_IN_KEY = frozenset(
@@ -245,7 +259,7 @@ def request_key(req: NegativeRequest) -> str:
 
 
 class CachedResponder:
-    """Answers from ``cache_dir/<responder_key>/part-*.parquet`` where it can, asks ``inner`` for the rest.
+    """Answers from ``cache_dir/<responder_key>/*.parquet`` where it can, asks ``inner`` for the rest.
 
     Every trial of a Tune study re-mixes the same decomposed corpus (pass B), so without a cache each trial
     would pay the model again for the same queries. Replies are keyed by :func:`request_key` under a folder
@@ -264,7 +278,8 @@ class CachedResponder:
 
     def _load(self) -> dict[str, str]:
         replies: dict[str, str] = {}
-        for part in sorted(self.dir.glob("part-*.parquet")):
+        # part-*.parquet from a responder in pass B, other names from a batch job's write_parquet
+        for part in sorted(self.dir.glob("[!.]*.parquet")):
             try:
                 table = pq.read_table(part, columns=["key", "reply"])
             except (OSError, pa.ArrowException) as e:
@@ -313,5 +328,11 @@ def make_responder(cfg: ResponderConfig, seed: int, cache_dir: str | Path | None
     responder is cheap, offline and seeded per record id, so it is never cached."""
     if cfg.kind == "template":
         return TemplateResponder(seed)
-    inner: Responder = HFResponder(cfg) if cfg.kind == "hf" else OpenAIResponder(cfg)
+    inner: Responder
+    if cfg.kind == "hf":
+        inner = HFResponder(cfg)
+    elif cfg.kind == "openai":
+        inner = OpenAIResponder(cfg)
+    else:  # vllm: answered before pass B, into the cache (agentflan.data.batch_negatives)
+        inner = Unanswered()
     return inner if cache_dir is None else CachedResponder(inner, cache_dir, responder_key(cfg))
