@@ -80,11 +80,13 @@ class UsageError(Exception):
     """A problem the user can fix (bad inputs, no model): one line, exit code 2."""
 
 
-def cmd_data(cfg: Config, console: Console) -> int:
+def cmd_data(cfg: Config, console: Console, trains_next: bool = False) -> int:
+    """``trains_next``: training runs in this process afterwards, so a local Ray instance needs the
+    dashboard (see :func:`~agentflan.ray_utils.ensure_ray`); the data stage alone runs without it."""
     from agentflan.data.pipeline import PipelineError, run_data
 
     try:
-        manifest = run_data(cfg, progress=console)
+        manifest = run_data(cfg, progress=console, dashboard=trains_next)
     except PipelineError as e:
         raise UsageError(str(e)) from None
     console.print(summarize_data(manifest, Path(cfg.output_dir)))
@@ -97,7 +99,7 @@ def cmd_train(cfg: Config, console: Console) -> int:
 
     if corpus_is_current(cfg):
         console.message(f"corpus under {cfg.output_dir} is current: skipping the data stage")
-    elif (code := cmd_data(cfg, console)) != 0:
+    elif (code := cmd_data(cfg, console, trains_next=True)) != 0:
         return code
     summary = run_train(cfg, progress=console)
     final = summary["final"]

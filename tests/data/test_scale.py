@@ -236,3 +236,21 @@ def test_a_killed_worker_changes_neither_output_nor_counts(ray_session, shared_d
     assert on_ray["fingerprint"] == local["fingerprint"] and on_ray["stages"] == local["stages"]
     a, b = shard_tables(tmp_path / "local"), shard_tables(tmp_path / "ray")
     assert a.keys() == b.keys() and all(a[k].equals(b[k]) for k in a)
+
+
+def test_many_units_share_a_few_blocks_per_cpu(ray_session):
+    """Ray Data keeps memory in the driver for every block it has run, so units of work (files' parts,
+    shards) go a few to a block: the block count follows the cluster's CPUs, not the input. Every unit is
+    in exactly one block, and adjacent units (one large file's parts) land in different blocks."""
+    from agentflan.ray_utils import BLOCKS_PER_CPU, MIN_BLOCKS, units_dataset
+
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    blocks = max(MIN_BLOCKS, BLOCKS_PER_CPU * cpus)
+    for n in (3, 1000):
+        ds = units_dataset([{"unit": i} for i in range(n)])
+        per_block = ds.map_batches(
+            lambda b: {"units": [sorted(int(u) for u in b["unit"])]}, batch_size=None
+        ).take_all()
+        assert len(per_block) == min(n, blocks)
+        assert sorted(u for r in per_block for u in r["units"]) == list(range(n))
+    assert all(len(set(r["units"]) & set(range(blocks))) == 1 for r in per_block)

@@ -42,6 +42,7 @@ from agentflan.data.responders import (
     request_key,
     responder_key,
 )
+from agentflan.ray_utils import units_dataset
 
 BATCH_KINDS = frozenset({"vllm"})
 REQUEST_SCHEMA = pa.schema([("key", pa.string()), ("messages", pa.string())])
@@ -140,7 +141,7 @@ def fill_negatives_cache(
     if not shards:
         return {"requests": 0, "answered": 0}
     asked = (
-        ray.data.from_items(shards, override_num_blocks=len(shards))
+        units_dataset(shards)
         .map_batches(
             _collect_task,
             fn_kwargs={"cfg": cfg, "tool_pool": tool_pool, "cache_dir": cache_dir},

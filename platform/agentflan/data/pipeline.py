@@ -48,6 +48,7 @@ from agentflan.data.readers import expand_inputs
 from agentflan.data.record import CORPUS_SCHEMA, QUARANTINE_SCHEMA, Message, Record
 from agentflan.data.sink import FILTERED_SCHEMA, PassSummary, clear_shards, ensure_a_shard
 from agentflan.data.splits import plan
+from agentflan.ray_utils import ensure_ray, units_dataset
 
 TOOL_POOL_FILE = "tool_pool.json"
 NEGATIVES_CACHE = "negatives_cache"
@@ -180,8 +181,6 @@ def _batch_generate(
     ``responder.batch_requests`` / ``batch_answered`` ({} for other responders)."""
     if not cfg.data.negatives.enabled or cfg.data.negatives.responder.kind not in BATCH_KINDS:
         return {}
-    from agentflan.ray_utils import ensure_ray
-
     ensure_ray(cfg.data.num_cpus)
     progress("negatives: generating the replies pass B needs in one batch job")
     counts = fill_negatives_cache(cfg, shards, pool, cache_dir)
@@ -196,7 +195,8 @@ def _ray_map(
     actors: int = 1,
     gpus_per_actor: float = 0,
 ):
-    """Summaries of ``fn`` mapped over ``units`` by Ray Data, one unit per task, as they finish.
+    """Summaries of ``fn`` mapped over ``units`` by Ray Data, one unit per call, as their tasks finish (a
+    task takes a few units: :func:`~agentflan.ray_utils.units_dataset`).
 
     A task whose worker dies is retried by Ray Data; one that raises retries its unit itself
     (:func:`~agentflan.data.passes.with_retries`). Either way the unit rewrites the same shards and its
@@ -206,7 +206,7 @@ def _ray_map(
     import ray
 
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = units_dataset(units)
     if constructor is None:
         ds = ds.map_batches(
             fn,
@@ -252,16 +252,16 @@ def _manifest(
     return manifest
 
 
-def run_data(cfg: Config, progress: Progress = lambda s: None) -> dict[str, Any]:
-    """Run the corpus pipeline; returns the manifest (also written to ``output_dir/manifest.json``)."""
+def run_data(cfg: Config, progress: Progress = lambda s: None, dashboard: bool = True) -> dict[str, Any]:
+    """Run the corpus pipeline; returns the manifest (also written to ``output_dir/manifest.json``).
+    ``dashboard``: whether a local Ray instance this starts gets one (:func:`~agentflan.ray_utils.ensure_ray`)."""
     files = resolve_inputs(cfg.data.inputs)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     if cfg.data.engine == "ray":
-        from agentflan.ray_utils import ensure_ray
-
-        ensure_ray(cfg.data.num_cpus)  # joins a running cluster, or starts a local one (timed apart)
+        # joins a running cluster, or starts a local one (timed apart)
+        ensure_ray(cfg.data.num_cpus, dashboard)
     t0 = time.time()
     summary_a = _pass_a(cfg, files, out, progress)
     pool = tool_pool(cfg, summary_a)
