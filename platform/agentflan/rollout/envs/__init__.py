@@ -1,0 +1,1 @@
+"""Executable environments: BFCL multi-turn (``bfcl_multi_turn``) and AgentBench DB on SQLite (``agentbench_db``)."""
