@@ -169,7 +169,9 @@ class BfclEpisode:
         self._cleanup = weakref.finalize(self, _forget, self._model_name)
         self._turn = -1
         self._steps = 0  # call steps in this turn
-        self._calls: list[list[list[str]]] = []  # executed call strings: per turn, per step (the checker's input)
+        self._calls: list[
+            list[list[str]]
+        ] = []  # executed call strings: per turn, per step (the checker's input)
         self._force_quit = False
         self._judged = False
         category = task.id.rsplit("_", 1)[0]
@@ -223,7 +225,7 @@ class BfclEpisode:
         if code:
             self._calls[-1].append(code)
         self._steps += 1
-        messages = [_tool_message(c, out) for c, out in zip(reply.calls, outputs)]
+        messages = [_tool_message(c, out) for c, out in zip(reply.calls, outputs, strict=True)]
         if self._steps > self.step_limit:  # BFCL: "Model has been forced to quit after 20 steps."
             self._force_quit = True
             return Observation(messages=messages, turn_over=True, episode_over=True, reason="step_limit")
@@ -272,7 +274,10 @@ class BfclEpisode:
 
     def _offered(self) -> dict[str, str]:
         """This turn's tool names (underscored, as offered) -> BFCL's function names."""
-        return {t["function"]["name"]: d["name"] for t, d in zip(self._current_tools(), self._functions)}
+        return {
+            t["function"]["name"]: d["name"]
+            for t, d in zip(self._current_tools(), self._functions, strict=True)
+        }
 
     def _execute(self, code: list[str]) -> list[str]:
         results, _ = execute_multi_turn_func_call(
@@ -319,11 +324,15 @@ class BfclMultiTurn:
         for category in self.categories:
             name = f"{VERSION_PREFIX}_{category}.json"
             questions = _read_lines(DATA_DIR / name)
-            answers = {row["id"]: row["ground_truth"] for row in _read_lines(DATA_DIR / "possible_answer" / name)}
+            answers = {
+                row["id"]: row["ground_truth"] for row in _read_lines(DATA_DIR / "possible_answer" / name)
+            }
             for i in _spread(len(questions), self.limit):
                 entry = questions[i]
                 if entry["id"] not in answers:
-                    raise ValueError(f"{DATA_DIR / 'possible_answer' / name}: no ground truth for {entry['id']}")
+                    raise ValueError(
+                        f"{DATA_DIR / 'possible_answer' / name}: no ground truth for {entry['id']}"
+                    )
                 data = {**entry, "ground_truth": answers[entry["id"]]}
                 tasks.append(Task(env=self.name, id=entry["id"], category=category, data=data))
         return tasks
