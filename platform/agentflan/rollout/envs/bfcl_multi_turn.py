@@ -169,9 +169,8 @@ class BfclEpisode:
         self._cleanup = weakref.finalize(self, _forget, self._model_name)
         self._turn = -1
         self._steps = 0  # call steps in this turn
-        self._calls: list[
-            list[list[str]]
-        ] = []  # executed call strings: per turn, per step (the checker's input)
+        # the executed call strings, per turn and step: what BFCL's checker replays
+        self._calls: list[list[list[str]]] = []
         self._force_quit = False
         self._judged = False
         category = task.id.rsplit("_", 1)[0]
@@ -206,7 +205,7 @@ class BfclEpisode:
             return Observation(turn_over=True)
         unreadable = [c for c in reply.calls if c.error is not None or c.arguments is None]
         if unreadable:  # BFCL: a reply that does not decode ends the turn, and none of its calls runs
-            why = "; ".join(f"{c.error or 'arguments are not a JSON object'}" for c in unreadable)
+            why = "; ".join(c.error or "arguments are not a JSON object" for c in unreadable)
             note = f"Error: not executed, the reply has a call that cannot be read ({why})"
             answered = [c for c in reply.calls if c.error is None and c.arguments is not None]
             return Observation(messages=[_tool_message(c, note) for c in answered], turn_over=True)
@@ -241,12 +240,14 @@ class BfclEpisode:
         self._judged = True
         truth = self._data["ground_truth"]
         try:
-            if len(self._calls) != len(truth):
+            if len(self._calls) != len(truth):  # BFCL fails such an entry without checking it
+                played = f"{len(self._calls)} of {len(truth)} turns played"
                 result = {
                     "valid": False,
                     "error_type": "multi_turn:force_terminated",
-                    "error_message": f"Model was force-terminated during inference phase ({len(self._calls)} "
-                    f"of {len(truth)} turns played).",
+                    "error_message": f"Model was force-terminated during inference phase ({played})."
+                    if self._force_quit
+                    else f"The episode ended early ({played}).",
                 }
             else:
                 entry = {k: self._data[k] for k in ("id", "initial_config", "involved_classes")}
