@@ -330,3 +330,22 @@ def test_mysql_semantics_on_text_columns():
         to_sqlite("SELECT 'a < 5' FROM t WHERE x.`n`>=-3", ["n"])
         == "SELECT 'a < 5' FROM t WHERE CAST(x.`n` AS REAL)>=-3"
     )
+
+
+def test_table_hash_is_capped_and_handles_big_tables():
+    import hashlib
+
+    rows = [[str(i), f"v{i}"] for i in range(3000)]
+    table = {"table_name": "t", "table_info": {"columns": [{"name": "n"}, {"name": "s"}], "rows": rows}}
+    db = GuardedDatabase([table], timeout_s=0.5)
+    db.execute("SELECT 1")
+    time.sleep(0.6)  # past the last statement's deadline: our own hash query must not be cut by it
+    short = sorted(hashlib.md5(f"{n},{s}".encode()).hexdigest()[:5] for n, s in rows)
+    assert (
+        db.tables_hash() == hashlib.md5(",".join(short).encode()[:1024]).hexdigest()
+    )  # group_concat_max_len
+    db.execute("DROP TABLE t")
+    endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n, n FROM r"
+    assert db.execute(f"CREATE VIEW t(n, s) AS {endless}") == "[]"
+    start = time.monotonic()
+    assert db.tables_hash() is None and time.monotonic() - start < 3.0

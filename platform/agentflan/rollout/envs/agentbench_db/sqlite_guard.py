@@ -73,7 +73,7 @@ class GuardedDatabase:
         self.conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_value_bytes)
         self.conn.set_authorizer(_authorizer)
-        self._deadline = 0.0
+        self._deadline = float("inf")  # set before each statement; our own setup runs uncapped
         self.conn.set_progress_handler(self._progress, 10_000)
 
     def _create(self, table: dict[str, Any]) -> None:
@@ -102,8 +102,6 @@ class GuardedDatabase:
                 text = str(e)
         except (sqlite3.Error, OverflowError, ValueError) as e:  # bad SQL, over-long values, bad parameters
             text = str(e)
-        finally:
-            self._deadline = 0.0
         if self.conn.in_transaction:  # a model's explicit BEGIN: AgentBench commits after each statement
             self.conn.execute("COMMIT")
         return text
@@ -118,13 +116,12 @@ class GuardedDatabase:
         bytes; md5 of no rows is NULL. None when the table or a column is gone (MySQL: an error string)."""
         name, columns = str(table["table_name"]), table_columns(table)
         select = ", ".join(quote_ident(c) for c in columns)
-        self.conn.set_authorizer(None)
+        # Capped too: the model may have replaced the table by a view that never ends.
+        self._deadline = time.monotonic() + self.timeout_s
         try:
             rows = self.conn.execute(f"SELECT {select} FROM {quote_ident(name)}").fetchall()
         except sqlite3.Error:
             return None
-        finally:
-            self.conn.set_authorizer(_authorizer)
         hashes = sorted(hashlib.md5(_concat_ws(row).encode()).hexdigest()[:5] for row in rows)
         if not hashes:
             return None
