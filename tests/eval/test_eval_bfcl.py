@@ -1,4 +1,4 @@
-"""BFCL scoring on the real BFCL rows in ../shared/data/eval/bfcl, with replies written by hand: the ground
+"""BFCL scoring on the real BFCL rows in tests/data/real/eval/bfcl, with replies written by hand: the ground
 truth in every format we read, and one reply of each failure kind with the reason it fails.
 
 (Agreement with BFCL's own checker was measured outside the suite, on every single-turn Python category of the
