@@ -1,5 +1,9 @@
 """Shared fixtures: where the real corpora are, and one Ray instance for the whole session.
 
+The real corpora the tests read live in the repository, in ``tests/data/real/`` (its SOURCES.md names each file,
+its source and licence; most are links into the bundled ``sample_data/``). ``AGENTFLAN_SHARED_DATA`` points the
+tests at another folder of the same layout instead (e.g. the full ``shared/data`` of a development machine).
+
 Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance.
 
 The slow tests carry the ``ray`` marker: every test that uses the Ray instance gets it here, the others
@@ -15,13 +19,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA", REPO.parent / "shared" / "data"))
+IN_REPO_DATA = REPO / "tests" / "data" / "real"
+SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA") or IN_REPO_DATA)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The root of the real corpora (``tests/data/real`` unless ``AGENTFLAN_SHARED_DATA`` says otherwise)."""
     if not (SHARED_DATA / "SOURCES.md").is_file():
-        pytest.fail(f"real corpora not found at {SHARED_DATA} (set AGENTFLAN_SHARED_DATA)")
+        pytest.fail(f"real corpora not found at {SHARED_DATA} (unset AGENTFLAN_SHARED_DATA to use {IN_REPO_DATA})")
     return SHARED_DATA
 
 

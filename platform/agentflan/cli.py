@@ -94,13 +94,17 @@ def cmd_data(cfg: Config, console: Console, trains_next: bool = False) -> int:
 
 
 def cmd_train(cfg: Config, console: Console) -> int:
-    from agentflan.data.pipeline import corpus_is_current
+    from agentflan.data.pipeline import NO_CORPUS, corpus_staleness
     from agentflan.train.recipe import run_train
 
-    if corpus_is_current(cfg):
+    stale = corpus_staleness(cfg)
+    if stale is None:
         console.message(f"corpus under {cfg.output_dir} is current: skipping the data stage")
-    elif (code := cmd_data(cfg, console, trains_next=True)) != 0:
-        return code
+    else:
+        if stale != NO_CORPUS:
+            console.message(f"rebuilding the corpus under {cfg.output_dir}: {stale}")
+        if (code := cmd_data(cfg, console, trains_next=True)) != 0:
+            return code
     summary = run_train(cfg, progress=console)
     final = summary["final"]
     console.print(

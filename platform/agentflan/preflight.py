@@ -1,11 +1,13 @@
 """Checks that run before any work (before Ray starts), so a mistake costs a second and one line, not a
 traceback after minutes: the inputs exist, mixture ratios name real buckets, model and tokenizer paths
-resolve, and no other job is writing the same output directory.
+resolve, the optional packages the config asks for are installed, and no other job is writing the same
+output directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -19,6 +21,19 @@ from agentflan.config import Config
 _HUB_ID = re.compile(r"^[\w][\w.-]*(/[\w][\w.-]*)?$")
 FIXED_BUCKETS = ("general", "negatives", "format_following")
 LOCK_FILE = ".agentflan.lock"
+# Modules of the optional paths and how to install them (the base install, `pip install agentflan`, has
+# everything else). Checked on the driver: on a cluster the workers run the same environment (docs/install.md).
+INSTALL_HINTS = {
+    "peft": "pip install 'agentflan[lora]'",
+    "liger_kernel": "pip install 'agentflan[liger]'",
+    "flash_attn": "pip install flash-attn --no-build-isolation (CUDA)",
+    "flash_attn_interface": "build FlashAttention-3 from its hopper/ folder (CUDA, Hopper GPUs)",
+    "vllm": "pip install vllm (on the GPU workers)",
+    "bfcl_eval": "pip install 'agentflan[bfcl]'",
+    "mpmath": "pip install 'agentflan[bfcl]'",
+}
+# The package transformers needs for each flash attention implementation.
+FLASH_ATTN_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 
 
 class PreflightError(ValueError):
@@ -83,6 +98,34 @@ def check_models(cfg: Config, command: str) -> None:
         check_model_path("model", cfg.eval.model)
 
 
+def require_module(module: str, key: str) -> None:
+    """``key`` (``name=value`` as the config says it) needs ``module``: one line naming both and the install."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, a module without a spec
+        found = False
+    if not found:
+        hint = INSTALL_HINTS.get(module, f"pip install {module}")
+        raise PreflightError(f"{key} needs the {module} package, which is not installed: {hint}")
+
+
+def check_optional_packages(cfg: Config, command: str) -> None:
+    """The optional packages the configured paths import, in the order a job would meet them."""
+    responder = cfg.data.negatives.responder
+    if command in ("data", "train", "run", "tune") and responder.kind == "vllm":
+        require_module("vllm", "data.negatives.responder.kind=vllm")
+    if command not in ("train", "run", "tune"):
+        return
+    m = cfg.train.model
+    if m.attn_implementation in FLASH_ATTN_MODULES:
+        key = f"train.model.attn_implementation={m.attn_implementation}"
+        require_module(FLASH_ATTN_MODULES[m.attn_implementation], key)
+    if m.lora.enabled:
+        require_module("peft", "train.model.lora.enabled=true")
+    if cfg.train.loss == "liger":
+        require_module("liger_kernel", "train.loss=liger")
+
+
 def preflight(cfg: Config, command: str) -> None:
     """Everything checkable without starting work; raises :class:`PreflightError`."""
     from agentflan.data.pipeline import PipelineError, resolve_inputs
@@ -93,6 +136,7 @@ def preflight(cfg: Config, command: str) -> None:
         except PipelineError as e:
             raise PreflightError(str(e)) from None
         check_mixture_keys(cfg, [f.source for f in files])
+    check_optional_packages(cfg, command)
     check_models(cfg, command)
 
 

@@ -1,6 +1,6 @@
 """Native function calling (OpenAI ``tool_calls``), from the raw datasets to a corpus a chat template renders.
 
-Real rows first: the three files of the shared data's ``function_calling/`` (see its SOURCES.md): glaive-function-
+Real rows first: the three files of ``tests/data/real/function_calling/`` (see its SOURCES.md): glaive-function-
 calling-v2 as LLaMA-Factory ships it (``sharegpt_fc``), glaive's raw form (``glaive_raw``) and LLaMA-Factory's
 tool-use dialogues with typed content parts (``typed_parts``). There are no real rows here of xLAM/APIGen, of
 NousResearch's hermes-function-calling-v1 or of raw ToolACE: their rows are written below from the published

@@ -1,4 +1,4 @@
-"""The Agent-H and tool-use builders on the real eval files in shared/data."""
+"""The Agent-H and tool-use builders on the real eval files (tests/data/real/eval)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BFCL scoring on the real BFCL rows in ../shared/data/eval/bfcl, with replies written by hand: the ground
+"""BFCL scoring on the real BFCL rows in tests/data/real/eval/bfcl, with replies written by hand: the ground
 truth in every format we read, and one reply of each failure kind with the reason it fails.
 
 (Agreement with BFCL's own checker was measured outside the suite, on every single-turn Python category of the
@@ -172,6 +172,20 @@ def test_cli_names_a_bad_line(data, tmp_path, capsys):
     replies.write_text('{"id": "simple_python_0", "reply": "[f()]"}\n{"id": 3\n')
     assert main(["bfcl", str(data), str(replies)]) == 2
     assert f"{replies}:2: not JSON" in capsys.readouterr().err
+
+
+def test_cli_refuses_two_replies_for_one_id(data, tmp_path, capsys):
+    """Scoring one of them silently would report an accuracy no one asked for: the file is refused, in one line
+    naming both lines, and no verdicts are written."""
+    replies = tmp_path / "twice.jsonl"
+    replies.write_text(
+        '{"id": "simple_python_0", "reply": "[f()]"}\n{"id": "simple_python_1", "reply": "x"}\n'
+        '{"id": "simple_python_0", "reply": "[calculate_triangle_area(base=10, height=5)]"}\n'
+    )
+    assert main(["bfcl", str(data), str(replies)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"agentflan: {replies}:3: a second reply for id 'simple_python_0' (the first is on line 1)\n"
+    assert out == "" and not (tmp_path / "twice.verdicts.jsonl").exists()
 
 
 def test_a_tune_study_may_optimise_a_bfcl_category(tmp_path):

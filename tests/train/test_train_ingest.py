@@ -260,9 +260,11 @@ def _kill_an_encoder(killed: list[int], stop: threading.Event) -> None:
 
 def test_a_killed_tokenizer_actor_changes_no_shard(ray_session, corpus, packed, tmp_path):
     """Ray Data restarts a dead actor and retries its work; shards are written whole by the packing tasks,
-    so the result is the same bytes as the one-process run's."""
+    so the result is the same bytes as the one-process run's. With a pool of one actor the job can only finish
+    through the restart, so this also proves the restarted actor rebuilt its encoder from its constructor
+    arguments (paths and numbers: the block plans are read from the file beside the shards)."""
     _, local = packed
-    cfg = make_cfg(copy_of(corpus, tmp_path / "run"), "data.engine=ray")
+    cfg = make_cfg(copy_of(corpus, tmp_path / "run"), "data.engine=ray", "train.tokenize_actors=1")
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_an_encoder, args=(killed, stop))

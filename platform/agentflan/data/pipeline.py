@@ -48,9 +48,11 @@ from agentflan.data.readers import expand_inputs
 from agentflan.data.record import CORPUS_SCHEMA, QUARANTINE_SCHEMA, Message, Record
 from agentflan.data.sink import FILTERED_SCHEMA, PassSummary, clear_shards, ensure_a_shard
 from agentflan.data.splits import plan
+from agentflan.data.staleness import changed_input, input_stamps
 from agentflan.ray_utils import ensure_ray, units_dataset
 
 TOOL_POOL_FILE = "tool_pool.json"
+NO_CORPUS = "no corpus"
 NEGATIVES_CACHE = "negatives_cache"
 Progress = Callable[[str], None]
 Units = list[dict[str, Any]]
@@ -256,6 +258,7 @@ def run_data(cfg: Config, progress: Progress = lambda s: None, dashboard: bool =
     """Run the corpus pipeline; returns the manifest (also written to ``output_dir/manifest.json``).
     ``dashboard``: whether a local Ray instance this starts gets one (:func:`~agentflan.ray_utils.ensure_ray`)."""
     files = resolve_inputs(cfg.data.inputs)
+    stamps = input_stamps(data_input_paths(cfg))  # before reading: a file changed mid-run is seen as changed
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -275,6 +278,7 @@ def run_data(cfg: Config, progress: Progress = lambda s: None, dashboard: bool =
         seconds=round(time.time() - t0, 2),
         startup_seconds=round(t0 - t_start, 2),
         inputs=[f.__dict__ for f in files],
+        input_files=stamps,
         formats=summary_a.counts.extra.get("formats", {}),
         rows={"decomposed": summary_a.rows},
         units={"pass_a": summary_a.units, "pass_b": summary_b.units},
@@ -305,6 +309,7 @@ def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None
         pass_a,
         decomposed_fingerprint=base_manifest["decomposed_fingerprint"],
         decomposed_from=str(base),
+        input_files=base_manifest.get("input_files"),
         engine="local",
         seconds=round(time.time() - t0, 2),
         rows={"decomposed": base_manifest["rows"]["decomposed"]},
@@ -312,13 +317,28 @@ def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None
     )
 
 
-def corpus_is_current(cfg: Config) -> bool:
-    """A corpus under output_dir built from the same data config and seed can be reused as it is."""
+def data_input_paths(cfg: Config) -> list[str]:
+    """Every file the data stage reads: the inputs and the tool-pool files."""
+    return [f.path for f in resolve_inputs(cfg.data.inputs)] + list(cfg.data.negatives.tool_pool_files)
+
+
+def corpus_staleness(cfg: Config) -> str | None:
+    """``None`` when the corpus under ``output_dir`` can be reused as it is (same data config, seed and input
+    files: :mod:`agentflan.data.staleness`); otherwise why not, in one line (``NO_CORPUS`` when none is there)."""
     out = Path(cfg.output_dir)
     if not (out / "manifest.json").exists() or not (out / "decomposed" / TOOL_POOL_FILE).exists():
-        return False
-    built = json.loads((out / "manifest.json").read_text())["config"]
-    return built.get("data") == cfg.data.model_dump(mode="json") and built.get("seed") == cfg.seed
+        return NO_CORPUS
+    built = json.loads((out / "manifest.json").read_text())
+    config = built.get("config", {})
+    if config.get("data") != cfg.data.model_dump(mode="json") or config.get("seed") != cfg.seed:
+        return "the data config or seed changed"
+    if "input_files" not in built:
+        return "its manifest records no input files (built by an older version)"
+    try:
+        now = input_stamps(data_input_paths(cfg))
+    except PipelineError as e:  # an input directory or glob that matches nothing now
+        return str(e)
+    return changed_input(built["input_files"], now)
 
 
 def corpus_files(output_dir: str | Path) -> list[str]:
@@ -348,4 +368,4 @@ def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record
     return sorted(records, key=lambda r: r.id)
 
 
-__all__ = ["run_data", "remix", "corpus_is_current", "corpus_files", "read_corpus", "PipelineError"]
+__all__ = ["run_data", "remix", "corpus_staleness", "corpus_files", "read_corpus", "PipelineError"]

@@ -66,8 +66,10 @@ def question_counts(data_dir: str | Path, only: Iterable[str] | None = None) -> 
 
 
 def read_replies(path: Path) -> dict[str, Any]:
-    """``{"id", "reply"}`` per line; a bad line is an error naming the file and line."""
+    """``{"id", "reply"}`` per line; a bad line is an error naming the file and line. So is a second reply for
+    one id: which of the two to score is the caller's choice to make, not ours to guess."""
     replies: dict[str, Any] = {}
+    line_of: dict[str, int] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -79,7 +81,10 @@ def read_replies(path: Path) -> dict[str, Any]:
             raise BfclError(f"{path}:{n}: expected an object with 'id' and 'reply'")
         if not isinstance(row["reply"], (str, list)):
             raise BfclError(f"{path}:{n}: 'reply' must be a string or a list of tool calls")
-        replies[str(row["id"])] = row["reply"]
+        qid = str(row["id"])
+        if qid in line_of:
+            raise BfclError(f"{path}:{n}: a second reply for id {qid!r} (the first is on line {line_of[qid]})")
+        replies[qid], line_of[qid] = row["reply"], n
     return replies
 
 

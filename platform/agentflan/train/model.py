@@ -31,8 +31,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
+from agentflan.preflight import FLASH_ATTN_MODULES
+
 ATTN_IMPLEMENTATIONS = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager")
-_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+_FLASH_PACKAGES = FLASH_ATTN_MODULES
 
 
 def tiny_llama_config(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -92,6 +93,20 @@ class BlockPlan:
         return bisect.bisect_right(self.starts, (key, sample_id)) - 1
 
 
+def write_plans(plans: dict[str, BlockPlan], path: str | Path) -> None:
+    """The plans as a file beside the shards: what an encoder loads (see :class:`Encoder`)."""
+    data = {k: {"starts": [list(s) for s in p.starts], "n_samples": p.n_samples} for k, p in plans.items()}
+    Path(path).write_text(json.dumps(data))
+
+
+def read_plans(path: str | Path) -> dict[str, BlockPlan]:
+    data = json.loads(Path(path).read_text())
+    return {
+        k: BlockPlan(k, tuple((int(key), str(i)) for key, i in p["starts"]), int(p["n_samples"]))
+        for k, p in data.items()
+    }
+
+
 @dataclass(frozen=True)
 class Source:
     """Corpus shards and the split read from them (validation may come from another corpus:
@@ -128,15 +143,21 @@ def read_unit(path: str, row_group: int, split: str, rows: int = 0) -> pa.Table:
 class Encoder:
     """The encode stage: corpus rows (``CORPUS_COLUMNS``) -> :data:`ENCODED_SCHEMA` rows (:meth:`encode`);
     called on a batch of units (:meth:`Source.units`) it reads them first. The tokenizer is the one the driver
-    saved (``train/tokenizer``), loaded once per instance."""
+    saved (``train/tokenizer``), loaded once per instance.
+
+    Its arguments are paths and numbers only; the block plans (which grow with the corpus) are read from the file
+    the driver wrote (``plans_path``). Ray Data restarts a dead actor with the same arguments, so a restart
+    rebuilds the encoder from disk and depends on no large object held for it in the object store
+    (ray-project/ray#53727)."""
 
     def __init__(
-        self, tokenizer_dir: str, template: str | None, plans: dict[str, BlockPlan], seq_len: int, seed: int
+        self, tokenizer_dir: str, template: str | None, plans_path: str, seq_len: int, seed: int
     ) -> None:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-        self.template, self.plans, self.seq_len, self.seed = template, plans, seq_len, seed
+        self.plans = read_plans(plans_path)
+        self.template, self.seq_len, self.seed = template, seq_len, seed
 
     def __call__(self, units: pa.Table) -> pa.Table:
         return pa.concat_tables([self.encode(read_unit(**u)) for u in units.to_pylist()])
@@ -232,11 +253,16 @@ class PackJob:
             seed=cfg.seed,
         )
 
-    def encoder_args(self, plans: dict[str, BlockPlan]) -> dict[str, Any]:
+    @property
+    def plans_path(self) -> str:
+        """Where the driver writes the block plans for the encoders: beside the saved tokenizer."""
+        return str(Path(self.tokenizer_dir).parent / "pack_plans.json")
+
+    def encoder_args(self) -> dict[str, Any]:
         return {
             "tokenizer_dir": self.tokenizer_dir,
             "template": self.template,
-            "plans": plans,
+            "plans_path": self.plans_path,
             "seq_len": self.seq_len,
             "seed": self.seed,
         }
@@ -269,7 +295,8 @@ def run_pack(
     for d in job.out_dirs.values():
         shutil.rmtree(d, ignore_errors=True)  # shards of an earlier run may be more than this one writes
         Path(d).mkdir(parents=True)
-    blocks = _pack_ray(job, plans, actors) if engine == "ray" else _pack_local(job, plans)
+    write_plans(plans, job.plans_path)
+    blocks = _pack_ray(job, actors) if engine == "ray" else _pack_local(job)
     stats = {}
     for s in job.sources:
         mine = sorted((b for b in blocks if b.split == s.split), key=lambda b: b.block)
@@ -297,9 +324,9 @@ def split_stats(blocks: list[BlockStats], seq_len: int, strategy: PackingStrateg
     }
 
 
-def _pack_local(job: PackJob, plans: dict[str, BlockPlan]) -> list[BlockStats]:
+def _pack_local(job: PackJob) -> list[BlockStats]:
     """The same stages in this process: encode every unit, group by block, pack and write each block."""
-    encoder = Encoder(**job.encoder_args(plans))
+    encoder = Encoder(**job.encoder_args())
     units = [u for s in job.sources for u in s.units()]
     encoded = pa.concat_tables([encoder(pa.Table.from_pylist([u])) for u in units])
     by_block: dict[tuple[str, int], list[int]] = {}
@@ -312,7 +339,7 @@ def _pack_local(job: PackJob, plans: dict[str, BlockPlan]) -> list[BlockStats]:
     return out
 
 
-def _pack_ray(job: PackJob, plans: dict[str, BlockPlan], actors: int) -> list[BlockStats]:
+def _pack_ray(job: PackJob, actors: int) -> list[BlockStats]:
     """Ray Data: a pool of ``actors`` actors reads and encodes the corpus (calls of whole row groups, about
     ``ENCODE_CALL_ROWS`` rows), the samples are grouped by block, and a task packs and writes each block.
 
@@ -334,10 +361,11 @@ def _pack_ray(job: PackJob, plans: dict[str, BlockPlan], actors: int) -> list[Bl
     try:
         encoded = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
             Encoder,
-            fn_constructor_kwargs=job.encoder_args(plans),
+            fn_constructor_kwargs=job.encoder_args(),
             batch_size=per_call,
             batch_format="pyarrow",
-            concurrency=actors,  # where fewer CPUs are free (a Tune trial holds one), the rest wait, unneeded
+            # where fewer CPUs are free (a Tune trial holds one), the rest wait, unneeded
+            compute=ray.data.ActorPoolStrategy(size=actors),
         )
         packed = encoded.groupby(["split", "block"]).map_groups(
             pack_and_write, fn_kwargs=job.pack_args(), batch_format="pyarrow"

@@ -31,12 +31,13 @@ def study_dir(cfg: Config, space: SearchSpace) -> Path:
 
 def base_corpus(cfg: Config, progress: Callable[[str], None]) -> None:
     """The corpus every trial re-mixes: the spec's own, built unless current."""
-    from agentflan.data.pipeline import corpus_is_current, run_data
+    from agentflan.data.pipeline import NO_CORPUS, corpus_staleness, run_data
 
-    if corpus_is_current(cfg):
+    stale = corpus_staleness(cfg)
+    if stale is None:
         progress(f"base corpus under {cfg.output_dir} is current")
         return
-    progress("building the base corpus")
+    progress("building the base corpus" if stale == NO_CORPUS else f"rebuilding the base corpus: {stale}")
     run_data(cfg, progress)
 
 
