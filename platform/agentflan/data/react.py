@@ -161,6 +161,13 @@ def render_react(thought: str, tool: str, arguments: str | None) -> str:
     return text
 
 
+def render_react_calls(thought: str, calls: list[tuple[str, str | None]]) -> str:
+    """Several calls in one ReAct turn (parallel calls): the thought and the first ``Action`` / ``Action Input``
+    pair, then one pair per further call, which :func:`agentflan.calls.parse_calls` reads back one call each."""
+    first, *rest = calls
+    return "\n".join([render_react(thought, *first), *(render_react("", *c).split("\n", 1)[1] for c in rest)])
+
+
 def render_json_call(thought: str, tool: str, arguments: str | None) -> str:
     """Render a step as a JSON tool call, the other output format the format-following samples ask for."""
     try:
