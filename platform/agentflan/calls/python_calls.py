@@ -60,14 +60,14 @@ def _arith(node: ast.BinOp) -> tuple[Any, bool]:
     right, _ = _value(node.right)
     op = _OPS.get(type(node.op))
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right))
-    sized = (isinstance(left, (str, list)) and isinstance(right, int)) or (
-        isinstance(node.op, ast.Add) and type(left) is type(right) and isinstance(left, (str, list))
-    )
-    if op is None or not (numbers or sized):
+    seq, count = (left, right) if isinstance(left, (str, list)) else (right, left)
+    repeat = isinstance(node.op, ast.Mult) and isinstance(seq, (str, list)) and type(count) is int
+    concat = isinstance(node.op, ast.Add) and type(left) is type(right) and isinstance(left, (str, list))
+    if op is None or not (numbers or repeat or concat):
         return ast.unparse(node), False
-    if isinstance(node.op, ast.Pow) and numbers and (abs(right) > 64 or abs(left) > 10**6):
+    if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 10**6):  # 9**9**9 is no argument
         return ast.unparse(node), False
-    if sized and isinstance(node.op, ast.Mult) and len(left) * max(right, 0) > _MAX_SIZE:
+    if repeat and len(seq) * max(count, 0) > _MAX_SIZE:
         return ast.unparse(node), False
     try:
         return op(left, right), False
