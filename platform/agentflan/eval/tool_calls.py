@@ -1,6 +1,7 @@
 """Read a model's tool call from its reply, and score it against the reference call.
 
-A reply can hold a call in three formats:
+The calls are read by :mod:`agentflan.calls` (the parser every caller shares); the rule here is tool-use
+eval's: the FIRST call of the reply, in whichever of these formats it comes, scored leniently:
 
 =====  ==========================================================================================
 chat   the chat-aligned protocol the model is tuned on (:mod:`agentflan.data.align`): the harness
@@ -11,7 +12,8 @@ react  ``Thought: ...\\nAction: name\\nAction Input: {json}`` (other ReAct diale
 json   ``{"name", "arguments"}`` or ``{"thought", "name", "arguments"}``, bare or in a ```json fence
 native what a tool-calling chat template writes (``eval.output_format: native``, tools passed as
        ``tools=``): Hermes/Qwen ``<tool_call>{"name", "arguments"}</tool_call>`` blocks (text may
-       precede them; parallel calls are several blocks, the first is scored), or Llama-3.1's bare
+       precede them; parallel calls are several blocks, the first is scored; an unclosed block is
+       read by :func:`~agentflan.calls.parse_calls`'s rule and is not valid), or Llama-3.1's bare
        ``{"name", "parameters"}``
 =====  ==========================================================================================
 
