@@ -277,6 +277,7 @@ def test_python_with_code_in_it_never_runs(tmp_path):
 def test_python_call_lists(text, expected, error):
     calls = parse_calls(text, "python")
     assert read(calls) == expected
+    assert all(c.raw in text and (c.span is None or text[c.span[0] : c.span[1]] == c.raw) for c in calls)
     assert calls[0].error == error or (error and calls[0].error.startswith(error))
 
 

@@ -113,6 +113,8 @@ def _value(node: ast.AST) -> tuple[Any, bool]:
 
 def _call(node: ast.Call, call_id: str, source: str, text: str, aliases: dict[str, str]) -> ToolCall:
     raw = ast.get_source_segment(source, node) or ast.unparse(node)
+    for alias, name in aliases.items():
+        raw = raw.replace(f"{alias}(", f"{name}(", 1) if raw.startswith(f"{alias}(") else raw
     found = text.find(raw)
     span = (found, found + len(raw)) if found != -1 else None
     name, plain = _callee(node.func, aliases)
