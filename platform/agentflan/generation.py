@@ -51,7 +51,7 @@ class ChatGenerator:
         """Greedy replies; ``tools[i]``, where given, is offered natively to conversation ``i``.
 
         Replies are decoded without special tokens; a template's call markers that are plain added tokens
-        (Qwen's ``<tool_call>``) stay in the text, where :mod:`agentflan.eval.tool_calls` reads them."""
+        (Qwen's ``<tool_call>``) stay in the text, where :mod:`agentflan.calls` reads them."""
         import torch
 
         tool_lists = list(tools) if tools is not None else [None] * len(conversations)

@@ -31,7 +31,7 @@ import json
 import re
 from dataclasses import replace
 
-from agentflan.data.react import Step, parse_step, render_json_call, render_react
+from agentflan.data.react import Step, parse_step, render_json_call, render_react, render_react_calls
 from agentflan.data.record import Message, Record
 from agentflan.data.stage import Drop, rng, unit
 
@@ -153,11 +153,8 @@ def _keep_react(record: Record) -> list[Message]:
     for m in record.messages:
         if m.role == "assistant" and m.tool_calls:
             thought = "\n".join(t for t in (m.reasoning, m.content) if t and t.strip())
-            text = "\n".join(
-                render_react(thought, c["function"]["name"], c["function"]["arguments"])
-                if k == 0
-                else render_react("", c["function"]["name"], c["function"]["arguments"]).split("\n", 1)[1]
-                for k, c in enumerate(m.tool_calls)
+            text = render_react_calls(
+                thought, [(c["function"]["name"], c["function"]["arguments"]) for c in m.tool_calls]
             )
             tagged.append(
                 Message(role="assistant", content=text, loss=m.loss, capability="instruction_following")

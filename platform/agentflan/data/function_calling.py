@@ -20,31 +20,25 @@ hermes                 NousResearch Hermes: ShareGPT turns with ``<tools>``, ``<
 toolace                ToolACE: ``system`` naming the tools, ShareGPT turns, calls as ``[func(a=1, b="x")]``
 =====================  ========================================================================================
 
-A call that cannot be read (arguments that are not a JSON object, a call with no name) or that names a tool
-the record does not offer is a :class:`~agentflan.data.readers.RecordError`: the record goes to quarantine
-with the reason and the message it is in.
+Calls are read by :mod:`agentflan.calls`, the parser every caller shares; the rule here is strict: a call that
+cannot be read (arguments that are not a JSON object, a call with no name) or that names a tool the record does
+not offer is a :class:`~agentflan.data.readers.RecordError`: the record goes to quarantine with the reason
+(the call's error code) and the message it is in.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentflan.calls import ToolCall, call_from_json, from_openai, parse_calls, whole_json
 from agentflan.data.record import Message
 
 FORMATS = ("openai", "sharegpt_fc", "glaive_raw", "typed_parts", "xlam", "hermes", "toolace")
 _GLAIVE_BLOCK = re.compile(r"(USER|ASSISTANT|FUNCTION RESPONSE):\s*", re.M)
-_GLAIVE_CALL = re.compile(r"<functioncall>\s*(.*?)\s*(?:<\|endoftext\|>|$)", re.S)
-_TAG = {
-    name: re.compile(rf"<{name}>\s*(.*?)\s*</{name}>", re.S)
-    for name in ("tools", "tool_call", "tool_response")
-}
-_PY_CALL_NAME = re.compile(
-    r"(^\[?\s*|,\s*)([A-Za-z_][\w./\- ]*?)\s*\("
-)  # a call's name, as ToolACE writes it
+_TAG = {name: re.compile(rf"<{name}>\s*(.*?)\s*</{name}>", re.S) for name in ("tools", "tool_response")}
 _SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
     "function_call": "assistant", "observation": "tool", "tool": "tool", "function": "tool",
@@ -62,46 +56,22 @@ class CallError(ValueError):
 # ---------------------------------------------------------------------------------------------- building blocks
 
 
-def arguments_text(arguments: Any, where: str) -> str:
-    """Arguments as the JSON text of an object: a dict, or a string holding one (glaive's single-quoted
-    strings arrive here already unquoted)."""
-    if isinstance(arguments, str):
-        text = arguments.strip() or "{}"
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise CallError("bad_call_arguments", f"{where}: arguments are not JSON: {text[:80]!r}") from None
-    else:
-        value = arguments
-    if not isinstance(value, dict):
-        raise CallError(
-            "bad_call_arguments", f"{where}: arguments are {type(value).__name__}, not a JSON object"
-        )
-    return json.dumps(value, ensure_ascii=False)
-
-
-def make_call(name: Any, arguments: Any, call_id: str, where: str) -> dict[str, Any]:
-    if not isinstance(name, str) or not name.strip():
-        raise CallError("bad_call", f"{where}: a call without a function name")
+def strict(call: ToolCall, where: str, call_id: str | None = None) -> dict[str, Any]:
+    """A call read by :mod:`agentflan.calls` as an OpenAI call, or a :class:`CallError` with its code."""
+    if call.error is not None or call.name is None or call.arguments is None:
+        raise CallError(call.error_code or "bad_call", f"{where}: {call.error}")
     return {
-        "id": call_id,
+        "id": call_id or call.id,
         "type": "function",
-        "function": {"name": name.strip(), "arguments": arguments_text(arguments, where)},
+        "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
     }
 
 
-def call_from_json(value: Any, call_id: str, where: str) -> dict[str, Any]:
-    """``{"name", "arguments"}`` (or ``parameters``), or an OpenAI call ``{"function": {...}}``, as text or value."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise CallError("bad_call", f"{where}: the call is not JSON: {value[:80]!r}") from None
-    if not isinstance(value, Mapping):
-        raise CallError("bad_call", f"{where}: the call is {type(value).__name__}, not an object")
-    fn = value.get("function") if isinstance(value.get("function"), Mapping) else value
-    args = fn.get("arguments", fn.get("parameters", {}))
-    return make_call(fn.get("name"), args, str(value.get("id") or call_id), where)
+def _json_calls(value: Any, id_prefix: str, where: str) -> list[dict[str, Any]]:
+    """A turn that is a call, or a JSON list of calls (ShareGPT ``function_call`` values)."""
+    ok, parsed = whole_json(value) if isinstance(value, str) else (True, value)
+    values = parsed if ok and isinstance(parsed, list) else [value]
+    return [strict(call_from_json(v, f"{id_prefix}{k}"), where) for k, v in enumerate(values)]
 
 
 def normalize_tools(tools: Any, where: str = "tools") -> list[dict[str, Any]]:
@@ -220,7 +190,7 @@ def _openai(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, Any]]
         raw_calls = t.get("tool_calls") or (
             [{"function": t["function_call"]}] if t.get("function_call") else []
         )
-        calls = [call_from_json(c, f"call_{i}_{k}", f"message {i}") for k, c in enumerate(raw_calls)]
+        calls = [strict(c, f"message {i}") for c in from_openai(raw_calls, f"call_{i}_")]
         if role == "assistant":
             out.append(_assistant(content, calls, t.get("reasoning") or t.get("reasoning_content")))
         elif role in ("tool", "function"):
@@ -240,9 +210,7 @@ def _sharegpt_fc(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, 
         if role is None:
             raise CallError("bad_message", f"message {i}: unknown role {who!r}")
         if who == "function_call":
-            values = json.loads(value) if value.strip().startswith("[") else [value]
-            calls = [call_from_json(v, f"call_{i}_{k}", f"message {i}") for k, v in enumerate(values)]
-            out.append(_assistant("", calls))
+            out.append(_assistant("", _json_calls(value, f"call_{i}_", f"message {i}")))
         elif role == "assistant":
             out.append(_assistant(value, []))
         else:
@@ -262,20 +230,13 @@ def _glaive_raw(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, A
             out.append(Message(role="user", content=text))
         elif label == "FUNCTION RESPONSE":
             out.append(Message(role="tool", content=text))
-        elif m := _GLAIVE_CALL.search(text):
-            before = text[: m.start()].strip()
-            out.append(_assistant(before, [_glaive_call(m.group(1), f"call_{len(out)}", where)]))
+        elif calls := parse_calls(text, "glaive", f"call_{len(out)}_"):
+            before = text[: calls[0].span[0]].strip() if calls[0].span else ""
+            ids = [f"call_{len(out)}", *(c.id for c in calls[1:])]
+            out.append(_assistant(before, [strict(c, where, i) for c, i in zip(calls, ids, strict=True)]))
         else:
             out.append(_assistant(text.replace("<|endoftext|>", "").strip(), []))
     return out, tools
-
-
-def _glaive_call(text: str, call_id: str, where: str) -> dict[str, Any]:
-    """``{"name": "f", "arguments": '{"a": 1}'}``: JSON but for the single-quoted arguments string."""
-    m = re.search(r'"name"\s*:\s*"([^"]+)"\s*,\s*"arguments"\s*:\s*\'(.*)\'\s*}\s*$', text, re.S)
-    if m:
-        return make_call(m.group(1), m.group(2), call_id, where)
-    return call_from_json(text, call_id, where)
 
 
 def _schemas_in(text: str) -> list[dict[str, Any]]:
@@ -317,7 +278,7 @@ def _typed_parts(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, 
             "\n".join(p.get("value", "") for p in parts if p.get("type") == "reasoning").strip() or None
         )
         calls = [
-            call_from_json(p.get("value"), f"call_{i}_{k}", f"message {i}")
+            strict(call_from_json(p.get("value"), f"call_{i}_{k}"), f"message {i}")
             for k, p in enumerate(x for x in parts if x.get("type") == "tool_call")
         ]
         if role == "assistant":
@@ -383,7 +344,7 @@ def _xlam(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, Any]]]:
             raise CallError("bad_call", "answers are not JSON") from None
     if not isinstance(answers, list):
         raise CallError("bad_call", f"answers are {type(answers).__name__}, not a list")
-    calls = [call_from_json(a, f"call_{k}", "message 1") for k, a in enumerate(answers)]
+    calls = [strict(c, "message 1") for c in from_openai(answers)]
     return [Message(role="user", content=str(obj["query"])), _assistant("", calls)], tools
 
 
@@ -401,11 +362,11 @@ def _hermes(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, Any]]
                 Message(role="system", content=_TAG["tools"].sub("", value).strip() or "You can call tools.")
             )
         elif role == "assistant":
-            calls = [
-                call_from_json(c, f"call_{i}_{k}", f"message {i}")
-                for k, c in enumerate(_TAG["tool_call"].findall(value))
-            ]
-            out.append(_assistant(_TAG["tool_call"].sub("", value).strip(), calls))
+            read = parse_calls(value, "hermes", f"call_{i}_")
+            content = value
+            for c in reversed(read):  # the <tool_call> blocks leave the text
+                content = content[: c.span[0]] + content[c.span[1] :] if c.span else content
+            out.append(_assistant(content.strip(), [strict(c, f"message {i}") for c in read]))
         elif role == "tool" or (role == "user" and _TAG["tool_response"].search(value)):
             responses = _TAG["tool_response"].findall(value) or [value]
             out += [Message(role="tool", content=r) for r in responses]
@@ -438,34 +399,7 @@ def _toolace(obj: Mapping[str, Any]) -> tuple[list[Message], list[dict[str, Any]
 
 def _python_calls(text: str, where: str) -> list[dict[str, Any]]:
     """ToolACE's ``[func(a=1, b="x"), other(c=[1, 2])]``: keyword arguments with Python literal values."""
-    aliases: dict[str, str] = {}  # ToolACE names may hold spaces ("Market Trends API"): parsed under an alias
-
-    def alias(m: re.Match[str]) -> str:
-        if all(part.isidentifier() for part in m.group(2).split(".")):
-            return m.group(0)
-        aliases[f"_call_{len(aliases)}"] = m.group(2)
-        return f"{m.group(1)}_call_{len(aliases) - 1}("
-
-    try:
-        tree = ast.parse(text.strip(), mode="eval").body
-    except SyntaxError:
-        try:
-            tree = ast.parse(_PY_CALL_NAME.sub(alias, text.strip()), mode="eval").body
-        except SyntaxError as e:
-            raise CallError("bad_call", f"{where}: not a list of calls ({e.msg})") from None
-    elements = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
-    calls = []
-    for k, node in enumerate(elements):
-        if not isinstance(node, ast.Call):
-            raise CallError("bad_call", f"{where}: {ast.unparse(node)[:60]!r} is not a call")
-        name = aliases.get(ast.unparse(node.func), ast.unparse(node.func))
-        try:
-            args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
-        except ValueError:
-            raise CallError(
-                "bad_call_arguments", f"{where}: arguments of {name!r} are not literals"
-            ) from None
-        if node.args:
-            raise CallError("bad_call_arguments", f"{where}: {name!r} has positional arguments")
-        calls.append(make_call(name, args, f"call_{k}", where))
-    return calls
+    calls = parse_calls(text, "python")
+    if not calls:
+        raise CallError("bad_call", f"{where}: not a list of calls")
+    return [strict(c, where) for c in calls]

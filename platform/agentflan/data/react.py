@@ -126,12 +126,46 @@ def parse_step(text: str) -> Step | None:
     )
 
 
+_THOUGHT_LINE = re.compile(r"^[ \t]*(?:thoughts?|think)(?:[ \t]+\d+)?[ \t]*:", re.I | re.M)
+_OBSERVATION_LINE = re.compile(r"^[ \t]*observation(?:[ \t]+\d+)?[ \t]*:", re.I | re.M)
+
+
+def count_actions(text: str) -> int:
+    """How many ``Action:`` lines a turn holds (an executor runs the first; more are parallel calls or noise)."""
+    return len(_ACTION.findall(text))
+
+
+def action_spans(text: str) -> list[tuple[int, int]]:
+    """The span of each action of a turn, in order, up to an observation the model wrote itself: the first
+    holds the thought before it; a later one starts at its own ``Thought:`` line, if it has one, else at its
+    ``Action:`` line. Parallel calls are written so (one ``Action`` / ``Action Input`` pair each, as
+    :mod:`agentflan.data.align` renders native calls in ReAct)."""
+    starts = [m.start() for m in _ACTION.finditer(text)]
+    if not starts:
+        return []
+    if obs := _OBSERVATION_LINE.search(text, starts[0]):
+        starts = [s for s in starts if s < obs.start()]
+    end = obs.start() if obs else len(text)
+    bounds = [0]
+    for prev, nxt in zip(starts, starts[1:], strict=False):
+        thoughts = [m.start() for m in _THOUGHT_LINE.finditer(text, prev, nxt)]
+        bounds.append(thoughts[-1] if thoughts else nxt)
+    return list(zip(bounds, [*bounds[1:], end], strict=True))
+
+
 def render_react(thought: str, tool: str, arguments: str | None) -> str:
     """Render a step in the ToolLLaMA ReAct dialect (the one Agent-FLAN keeps for its ReAct share)."""
     text = f"Thought: {thought}\nAction: {tool}"
     if arguments is not None:
         text += f"\nAction Input: {arguments}"
     return text
+
+
+def render_react_calls(thought: str, calls: list[tuple[str, str | None]]) -> str:
+    """Several calls in one ReAct turn (parallel calls): the thought and the first ``Action`` / ``Action Input``
+    pair, then one pair per further call, which :func:`agentflan.calls.parse_calls` reads back one call each."""
+    first, *rest = calls
+    return "\n".join([render_react(thought, *first), *(render_react("", *c).split("\n", 1)[1] for c in rest)])
 
 
 def render_json_call(thought: str, tool: str, arguments: str | None) -> str:

@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agentflan.calls import from_openai
 from agentflan.data import function_calling
-from agentflan.data.react import parse_step, render_react
+from agentflan.data.react import parse_step, render_react_calls
 from agentflan.data.record import Message, Record, validate_messages
 from agentflan.data.stage import Quarantine
 
@@ -225,9 +226,15 @@ def _from_conversations(turns: list[Any]) -> list[Message]:
     return out
 
 
-def _call_text(content: str | None, name: str, arguments: Any) -> str:
-    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    return render_react((content or "").strip(), name, args)
+def _calls_text(content: str | None, tool_calls: list[Any], i: int) -> str:
+    """OpenAI calls (``tool_calls``, or a ``function_call``) as ReAct text: every call, one ``Action`` /
+    ``Action Input`` pair each, the arguments as written."""
+    calls = from_openai(tool_calls, f"call_{i}_")
+    if any(c.name is None for c in calls):
+        raise RecordError("bad_message", f"message {i}: tool call without a function name")
+    args = [c.raw_arguments if isinstance(c.raw_arguments, str) or c.raw_arguments is None else
+            json.dumps(c.raw_arguments, ensure_ascii=False) for c in calls]  # fmt: skip
+    return render_react_calls((content or "").strip(), [(c.name, a or "{}") for c, a in zip(calls, args, strict=True)])  # type: ignore[misc]
 
 
 def _from_messages(turns: list[Any]) -> list[Message]:
@@ -243,10 +250,7 @@ def _from_messages(turns: list[Any]) -> list[Message]:
         content = t.get("content")
         calls = t.get("tool_calls") or ([{"function": t["function_call"]}] if t.get("function_call") else [])
         if role == "assistant" and calls:
-            fn = calls[0].get("function", {})
-            if not isinstance(fn, dict) or "name" not in fn:
-                raise RecordError("bad_message", f"message {i}: tool call without a function name")
-            content = _call_text(content, fn["name"], fn.get("arguments", "{}"))
+            content = _calls_text(content, calls, i)
         if content is None:
             raise RecordError("bad_message", f"message {i}: missing key 'content'")
         if not isinstance(content, str):

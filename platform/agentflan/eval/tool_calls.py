@@ -1,6 +1,7 @@
 """Read a model's tool call from its reply, and score it against the reference call.
 
-A reply can hold a call in three formats:
+The calls are read by :mod:`agentflan.calls` (the parser every caller shares); the rule here is tool-use
+eval's: the FIRST call of the reply, in whichever of these formats it comes, scored leniently:
 
 =====  ==========================================================================================
 chat   the chat-aligned protocol the model is tuned on (:mod:`agentflan.data.align`): the harness
@@ -11,7 +12,8 @@ react  ``Thought: ...\\nAction: name\\nAction Input: {json}`` (other ReAct diale
 json   ``{"name", "arguments"}`` or ``{"thought", "name", "arguments"}``, bare or in a ```json fence
 native what a tool-calling chat template writes (``eval.output_format: native``, tools passed as
        ``tools=``): Hermes/Qwen ``<tool_call>{"name", "arguments"}</tool_call>`` blocks (text may
-       precede them; parallel calls are several blocks, the first is scored), or Llama-3.1's bare
+       precede them; parallel calls are several blocks, the first is scored; an unclosed block is
+       read by :func:`~agentflan.calls.parse_calls`'s rule and is not valid), or Llama-3.1's bare
        ``{"name", "parameters"}``
 =====  ==========================================================================================
 
@@ -30,12 +32,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
+from agentflan import calls
+from agentflan.calls import json_objects, whole_json
 from agentflan.data.align import FORMAT_INSTRUCTIONS
-from agentflan.data.react import parse_step
+from agentflan.data.react import count_actions, parse_step
 from agentflan.data.stage import rng
 from agentflan.eval.sources import (
     EvalSample,
@@ -57,7 +61,9 @@ Reply = str | Sequence[str]  # one text, or the assistant turns of the chat-alig
 
 
 @dataclass(frozen=True)
-class ToolCall:
+class FoundCall:
+    """The first call of a reply as tool-use eval scores it (read by :mod:`agentflan.calls`)."""
+
     name: str | None  # None: the reply holds no tool call
     arguments: dict[str, Any] | str | None  # a dict when they parse as a JSON object, else the raw text
     format: CallFormat | None  # the format the call was read from
@@ -69,145 +75,111 @@ class ToolCall:
         return self.name is not None
 
 
-_FENCED = re.compile(r"^```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```$", re.S | re.I)
-_BARE_NAME = re.compile(r"^\w[\w.\-]*$")  # ToolBench names may start with a digit
-_REFUSALS = {"none", "no", "n/a", "null", "nothing", "no tool"}  # a tool turn that declines to name one
 _THOUGHT_LINE = re.compile(r"^\s*Thought\s*:", re.I)
 _INPUT_LINE = re.compile(r"^[ \t]*Action[ \t]*Input[ \t]*:", re.I | re.M)
 _OBSERVATION_LINE = re.compile(r"^[ \t]*Observation(?:[ \t]+\d+)?[ \t]*:", re.I | re.M)
 _JSON_CALL_KEYS = {"thought", "name", "arguments"}
-_JSON_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')
-_JSON_ARGS = re.compile(r'"arguments"\s*:\s*(.*?)[\s`]*$', re.S)  # the rest, less a closing fence
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-
-
-def _whole_json(text: str) -> tuple[bool, Any]:
-    """(True, value) when the whole text, or a single fenced block that is the whole text, is JSON."""
-    t = text.strip()
-    if m := _FENCED.match(t):
-        t = m.group(1).strip()
-    try:
-        return True, json.loads(t)
-    except ValueError:
-        return False, None
-
-
-def _embedded_objects(text: str) -> Iterator[Any]:
-    """Every JSON object that starts at some ``{`` of the text, in order."""
-    decoder = json.JSONDecoder()
-    for i, ch in enumerate(text):
-        if ch == "{":
-            try:
-                yield decoder.raw_decode(text, i)[0]
-            except ValueError:
-                continue
 
 
 def _decode_arguments(raw: Any) -> tuple[dict[str, Any] | str | None, str]:
-    """Arguments as a dict where possible (also from a JSON-encoded string, OpenAI style), and an error."""
+    """Arguments as a dict where possible (also from a JSON-encoded string, OpenAI style, or one encoded twice;
+    an object inside a text is read, as an error), else the raw text, and an error."""
     if isinstance(raw, dict):
         return raw, ""
     if raw is None:
         return None, "no arguments"
     if not isinstance(raw, str):
         return json.dumps(raw, ensure_ascii=False), "arguments are not a JSON object"
-    ok, value = _whole_json(raw)
+    ok, value = whole_json(raw)
     if ok and isinstance(value, dict):
         return value, ""
     if ok and isinstance(value, str):  # double-encoded
         return _decode_arguments(value)
-    embedded = next((o for o in _embedded_objects(raw) if isinstance(o, dict)), None)
+    embedded = next((o for o, _, _ in json_objects(raw) if isinstance(o, dict)), None)
     if embedded is not None:
         return embedded, "text around the arguments object"
     return raw.strip(), "arguments are not a JSON object"
 
 
-def _from_json(value: Any, exact: bool) -> ToolCall | None:
-    if isinstance(value, list) and value and isinstance(value[0], dict):  # a plan: its first call
-        call = _from_json(value[0], exact=False)
-        return replace(call, valid=False, error="a list of calls, not one call") if call else None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"].strip():
-        return None
-    key = next((k for k in ("arguments", "args", "parameters") if k in value), None)
-    arguments, error = _decode_arguments(value[key]) if key else (None, "no 'arguments' key")
+def _object(call: calls.ToolCall) -> dict[str, Any]:
+    """The JSON object a call was written as (its keys say whether it kept to the format)."""
+    ok, value = whole_json(call.raw)
+    return value if ok and isinstance(value, dict) else {}
+
+
+def _from_json(call: calls.ToolCall, exact: bool) -> FoundCall:
+    obj = _object(call)
+    key = next((k for k in ("arguments", "args", "parameters") if k in obj), None)
+    arguments, error = _decode_arguments(obj[key]) if key else (None, "no 'arguments' key")
     if not error and key != "arguments":
         error = f"arguments under {key!r}, not 'arguments'"
-    if not error and (extra := sorted(set(value) - _JSON_CALL_KEYS)):
+    if not error and (extra := sorted(set(obj) - _JSON_CALL_KEYS)):
         error = f"unexpected keys {extra}"
     if not error and not exact:
         error = "text around the JSON object"
-    return ToolCall(value["name"].strip(), arguments, "json", not error, error)
+    return FoundCall(call.name, arguments, "json", not error, error)
 
 
-def _from_native(text: str) -> ToolCall | None:
+def _from_native(text: str) -> FoundCall | None:
     """The first ``<tool_call>`` block of a reply (Hermes/Qwen templates), or a whole-reply Llama-3.1 call."""
-    blocks = _TOOL_CALL_BLOCK.findall(text)
-    if not blocks:
-        ok, value = _whole_json(text)
-        if (
-            ok
-            and isinstance(value, dict)
-            and set(value) == {"name", "parameters"}
-            and isinstance(value["name"], str)
-        ):
-            arguments, error = _decode_arguments(value["parameters"])
-            return ToolCall(value["name"].strip(), arguments, "native", not error, error)
+    tags = calls.parse_calls(text, "hermes")
+    if not tags:
+        ok, value = whole_json(text)
+        if ok and isinstance(value, dict) and set(value) == {"name", "parameters"} and isinstance(value["name"], str):
+            (call,) = calls.parse_calls(text, "llama31")
+            arguments, error = _decode_arguments(call.raw_arguments)
+            return FoundCall(call.name, arguments, "native", not error, error)
         return None
-    ok, value = _whole_json(blocks[0])
-    if not (ok and isinstance(value, dict) and isinstance(value.get("name"), str)):
-        name = m.group(1) if (m := _JSON_NAME.search(blocks[0])) else None
-        return ToolCall(name, None, "native", False, "a <tool_call> block that is not a JSON call")
-    arguments, error = _decode_arguments(value.get("arguments"))
-    if not error and (extra := sorted(set(value) - {"name", "arguments"})):
+    call = tags[0]
+    if call.name is None or call.error_code == "bad_call":
+        return FoundCall(call.name, None, "native", False, "a <tool_call> block that is not a JSON call")
+    keys = set(_object(call))
+    arguments, error = _decode_arguments(call.raw_arguments) if "arguments" in keys else (None, "no arguments")
+    if not error and (extra := sorted(keys - {"name", "arguments"})):
         error = f"unexpected keys {extra}"
-    if not error and "</tool_call>" not in text:
+    if not error and call.span and not text[call.span[0] : call.span[1]].rstrip().endswith("</tool_call>"):
         error = "no closing </tool_call>"
-    return ToolCall(value["name"].strip(), arguments, "native", not error, error)
+    return FoundCall(call.name, arguments, "native", not error, error)
 
 
-def _from_react(text: str) -> ToolCall | None:
+def _from_react(text: str) -> FoundCall | None:
     step = parse_step(text)
     if step is None:
         return None
     if step.is_final or not step.tool:
-        return ToolCall(None, None, "react", False, "a final answer, not a call")
-    arguments, error = _decode_arguments(step.arguments)
+        return FoundCall(None, None, "react", False, "a final answer, not a call")
+    first = calls.parse_calls(text, "react")
+    name, raw = (first[0].name, first[0].raw_arguments) if first else (step.tool, step.arguments)
+    arguments, error = _decode_arguments(raw)
     if _OBSERVATION_LINE.search(text):
         error = "an 'Observation:' the model wrote itself"
-    if step.extra_actions:
-        error = f"{step.extra_actions + 1} actions in one reply"
+    if (actions := count_actions(text)) > 1:
+        error = f"{actions} actions in one reply"
     if not _INPUT_LINE.search(text):
         error = "no 'Action Input:' line"
     if not _THOUGHT_LINE.match(text):
         error = "no 'Thought:' line"
-    return ToolCall(step.tool, arguments, "react", not error, error)
+    return FoundCall(name, arguments, "react", not error, error)
 
 
-def _tool_name(text: str, tool_names: Collection[str]) -> tuple[str | None, str]:
-    """The tool named in the tool turn of the chat protocol, and an error if it is not alone there."""
-    bare = text.strip().strip("`'\"*").rstrip(".").strip()
-    if bare.casefold() in _REFUSALS:
-        return None, "the tool turn names no tool"
-    if _BARE_NAME.match(bare):
-        return bare, ""
-    mentioned = [n for n in tool_names if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w|\.\w)", text)]
-    if len(mentioned) == 1:
-        return mentioned[0], "the tool name is not alone in its turn"
-    return None, "no tool name in the tool turn"
-
-
-def _from_chat(turns: Sequence[str], tool_names: Collection[str]) -> ToolCall:
-    name, error = _tool_name(turns[1], tool_names)
-    if name is None:
-        return ToolCall(None, None, "chat", False, error)
+def _from_chat(turns: Sequence[str], tool_names: Collection[str]) -> FoundCall:
+    found = calls.parse_calls(turns, "chat")
+    if not found:
+        return FoundCall(None, None, "chat", False, "the tool turn names no tool")
+    name, error = found[0].name, ""
+    if name is None:  # a chatty tool turn: the one offered tool it mentions, as an invalid call
+        mentioned = [n for n in tool_names if re.search(rf"(?<![\w.]){re.escape(n)}(?!\w|\.\w)", turns[1])]
+        if len(mentioned) != 1:
+            return FoundCall(None, None, "chat", False, "no tool name in the tool turn")
+        name, error = mentioned[0], "the tool name is not alone in its turn"
     if len(turns) < 3:
-        return ToolCall(name, None, "chat", False, "no arguments turn")
+        return FoundCall(name, None, "chat", False, "no arguments turn")
     arguments, args_error = _decode_arguments(turns[2])
     error = error or args_error or ("more turns than [thought, tool, arguments]" if len(turns) > 3 else "")
-    return ToolCall(name, arguments, "chat", not error, error)
+    return FoundCall(name, arguments, "chat", not error, error)
 
 
-def _from_text(text: str) -> ToolCall:
+def _from_text(text: str) -> FoundCall:
     """A native call first (``<tool_call>`` tags; a Llama-3.1 call), then JSON that is the whole reply, then
     ReAct, then a JSON call anywhere in the text, then a reply that starts as a JSON call but does not parse
     (a malformed call is a call, not a missed one).
@@ -217,25 +189,24 @@ def _from_text(text: str) -> ToolCall:
     """
     if (call := _from_native(text)) is not None:
         return call
-    ok, value = _whole_json(text)
-    if ok and (call := _from_json(value, exact=True)):
-        return call
+    ok, value = whole_json(text)
+    if ok and isinstance(value, (dict, list)):
+        found = calls.parse_calls(text, "json")
+        if found and found[0].name is not None and found[0].error_code != "bad_call":
+            call = _from_json(found[0], exact=True)
+            return replace(call, valid=False, error="a list of calls, not one call") if isinstance(value, list) else call
     if (call := _from_react(text)) is not None:
         return call
-    for value in _embedded_objects(text):
-        if call := _from_json(value, exact=False):
-            return call
-    body = text.strip()
-    body = body.split("\n", 1)[1] if body.startswith("```") and "\n" in body else body
-    if body.startswith("{") and (m := _JSON_NAME.search(body)):  # a JSON call that does not parse
-        raw = a.group(1) if (a := _JSON_ARGS.search(body)) else None
-        return ToolCall(m.group(1), _decode_arguments(raw)[0], "json", False, "malformed JSON")
-    return ToolCall(None, None, None, False, "no tool call found")
+    if not ok and (found := calls.parse_calls(text, "json")) and found[0].name is not None:
+        if found[0].error_code == "bad_call":  # a JSON call that does not parse
+            return FoundCall(found[0].name, _decode_arguments(found[0].raw_arguments)[0], "json", False, "malformed JSON")
+        return _from_json(found[0], exact=False)
+    return FoundCall(None, None, None, False, "no tool call found")
 
 
 def parse_call(
     reply: Reply, expected_format: CallFormat | None = None, tool_names: Collection[str] = ()
-) -> ToolCall:
+) -> FoundCall:
     """Read the tool call in a reply: a text (ReAct or JSON), or the turns of the chat-aligned protocol.
 
     A sequence of two or more turns is read as ``[thought, tool name, arguments]``; a one-turn sequence
@@ -249,7 +220,7 @@ def parse_call(
     elif turns:
         call = _from_text(turns[0])
     else:
-        call = ToolCall(None, None, None, False, "empty reply")
+        call = FoundCall(None, None, None, False, "empty reply")
     if expected_format is not None and call.found and call.format != expected_format:
         call = replace(call, valid=False, error=f"asked for {expected_format}, got {call.format}")
     return call
@@ -309,7 +280,7 @@ def score_arguments(predicted: dict[str, Any] | str | None, reference: Mapping[s
     return ArgumentScore(pred == ref, precision, recall, f1)
 
 
-def name_correct(call: ToolCall, reference: ReferenceCall) -> bool:
+def name_correct(call: FoundCall, reference: ReferenceCall) -> bool:
     return call.name is not None and call.name.strip().casefold() == reference.name.strip().casefold()
 
 
@@ -328,7 +299,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _scores(pairs: Sequence[tuple[ReferenceCall, ToolCall]]) -> ToolUseScores:
+def _scores(pairs: Sequence[tuple[ReferenceCall, FoundCall]]) -> ToolUseScores:
     args = [score_arguments(c.arguments, r.arguments) for r, c in pairs if r.arguments is not None]
     names = [name_correct(c, r) for r, c in pairs]
     valid = [c.valid for _, c in pairs]
@@ -359,7 +330,7 @@ def score_tool_use(
     """
     if len(samples) != len(replies):
         raise ValueError(f"{len(samples)} samples but {len(replies)} replies")
-    pairs: dict[str, list[tuple[ReferenceCall, ToolCall]]] = {}
+    pairs: dict[str, list[tuple[ReferenceCall, FoundCall]]] = {}
     for sample, reply in zip(samples, replies, strict=True):
         if sample.reference is None:
             continue
