@@ -11,21 +11,14 @@ Device mapping is explicit, because a wrong mapping is the most reported Ray + D
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agentflan.config import Config
+from agentflan.ray_utils import free_port
 from agentflan.train.deepspeed_config import deepspeed_config, model_dtype
-
-
-def free_port() -> int:
-    """A TCP port free on this host now (for a process group's rendezvous, a Ray head, a test server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DeepSpeedStrategy:

@@ -72,7 +72,7 @@ def adapt_tokenizer(tok: PreTrainedTokenizerBase, template: str) -> list[str]:
     """Make a model's own tokenizer speak a named template, so one template goes from training to inference.
 
     - the template's markers become special tokens where the tokenizer lacks them (each one token, never
-      merged with the text around it; the model's embeddings grow by as many, see ``train.loop``);
+      merged with the text around it; the model's embeddings grow by as many, see :func:`agentflan.train.model.training_model`);
     - ``chat_template`` is the template itself (with ``{% generation %}`` markers), so
       ``apply_chat_template(messages, add_generation_prompt=True)`` renders byte for byte what training did;
     - ``eos`` is the template's end-of-turn marker (generation stops where a reply ends; the exported
