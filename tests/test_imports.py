@@ -32,7 +32,7 @@ def import_graph() -> dict[str, set[str]]:
                 # `from agentflan.train import loop` imports the module agentflan.train.loop
                 targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
         graph[name] = {
-            t for t in targets if t in modules and t != name and not modules[t].name == "__init__.py"
+            t for t in targets if t in modules and t != name and modules[t].name != "__init__.py"
         }
     return graph
 

@@ -254,8 +254,8 @@ def _saver(state: TrainState, step: int):
 
 
 def cleanup(state: TrainState) -> None:
-    """Release what :func:`setup` took (engine, ZeRO-3 switch, a process group it made), so the next run in
-    this process starts clean."""
+    """Release what :func:`setup` took (the engine, transformers' ZeRO-3 switch), so the next run in this
+    process starts clean."""
     state.prefetcher = None
     state.strategy.cleanup()
 

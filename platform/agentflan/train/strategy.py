@@ -39,7 +39,6 @@ class DeepSpeedStrategy:
         self.engine: Any = None  # deepspeed.DeepSpeedEngine, from prepare()
         self.scheduler: Any = None
         self.hf_ds_config: Any = None  # transformers' HfDeepSpeedConfig under ZeRO-3: alive while training
-        self._own_process_group = False
 
     def init_distributed(self, single_process: bool = False) -> None:
         """Join the process group (Ray Train has set its address; ``single_process`` makes a group of one on
@@ -53,7 +52,6 @@ class DeepSpeedStrategy:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
         if not torch.distributed.is_initialized():
-            self._own_process_group = single_process
             deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
 
     def prepare(self, module: torch.nn.Module, steps: int) -> Any:
@@ -119,8 +117,10 @@ class DeepSpeedStrategy:
         return {k.removeprefix("model."): v for k, v in loaded.items()}
 
     def cleanup(self) -> None:
-        """Let go of the engine, transformers' ZeRO-3 switch and a process group this strategy made, so the
-        next run in this process (a test) starts as the first did."""
+        """Let go of the engine and transformers' ZeRO-3 switch, so the next run in this process (a test)
+        starts as the first did. The process group stays: DeepSpeed keeps the groups it derives from it in
+        module globals (``deepspeed.utils.groups``), so a group destroyed and made again breaks the next
+        engine; the next run joins the one there is."""
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         if self.engine is not None and hasattr(self.engine, "destroy"):
@@ -129,9 +129,6 @@ class DeepSpeedStrategy:
         if self.hf_ds_config is not None:
             self.hf_ds_config = None
             unset_hf_deepspeed_config()
-        if self._own_process_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self._own_process_group = False
 
 
 def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
