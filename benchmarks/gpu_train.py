@@ -114,10 +114,10 @@ def padded_baseline(data: Path, size: str, steps: int, batch: int) -> dict[str, 
     import torch
 
     from agentflan.config import load_config
-    from agentflan.train.data import corpus_split, encode_split
+    from agentflan.train.corpus import corpus_split
     from agentflan.train.model import build_model, tiny_llama_config
-    from agentflan.train.packing import collate_padded
-    from train_throughput import measure  # a sibling script: benchmarks/ is on sys.path when run
+    from collate import collate_padded, encode_split  # sibling scripts: benchmarks/ is on sys.path when run
+    from train_throughput import measure
 
     meta = json.loads((data / "bench.json").read_text())
     cfg = load_config(REPO / "pipelines/local.yaml", base_overrides(data, meta["seq_len"], meta["vocab"]))

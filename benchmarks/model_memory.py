@@ -87,14 +87,14 @@ def worker(config: dict) -> None:
     rows = pq.read_table(config["rows"])
     import agentflan.train.loop as loop
 
-    built = loop._model
+    built = loop.training_model
 
     def build_and_mark(*args, **kwargs):
         model = built(*args, **kwargs)
         sampler.mark("model")
         return model
 
-    loop._model = build_and_mark  # mark the moment the model exists, inside the real setup (benchmark only)
+    loop.training_model = build_and_mark  # mark the moment the model exists, inside the real setup (benchmark only)
     state = setup(cfg, rows, None, config["tokenizer_dir"], ctx.get_world_rank(), ctx.get_world_size(), 0)
     sampler.mark("setup")
     train_step(state, 0)

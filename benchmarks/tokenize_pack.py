@@ -79,8 +79,9 @@ def make_job(cfg, base: Path, tokenizer_dir: Path, out: Path):
 
     from transformers import AutoTokenizer
 
-    from agentflan.train.data import corpus_split, load_tokenizer
+    from agentflan.train.corpus import corpus_split
     from agentflan.train.pack_corpus import PackJob, corpus_sources
+    from agentflan.train.tokenizer import load_tokenizer
 
     if not tokenizer_dir.exists():
         load_tokenizer(cfg, [x for c in corpus_split(base, "train") for x in c.texts()], tokenizer_dir)

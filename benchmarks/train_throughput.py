@@ -19,10 +19,16 @@ import torch
 
 from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
-from agentflan.train.data import corpus_split, encode_split, load_tokenizer
+from agentflan.train.corpus import corpus_split
 from agentflan.train.loss import weighted_token_loss
 from agentflan.train.model import build_model, model_inputs, tiny_llama_config
-from agentflan.train.packing import collate_packed, collate_padded, pack_samples
+from agentflan.train.packing import pack_samples
+from agentflan.train.tokenizer import load_tokenizer
+from collate import (  # a sibling script: benchmarks/ is on sys.path
+    collate_packed,
+    collate_padded,
+    encode_split,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

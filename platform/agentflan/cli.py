@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("spec", help="pipeline spec (YAML), e.g. pipelines/local.yaml")
         if name == "tune":
-            p.add_argument("space", help="search space (YAML), e.g. tune_spaces/negatives.yaml")
+            p.add_argument("space", help="search space (YAML), e.g. tune_spaces/ablation_negatives.yaml")
         p.add_argument(
             "overrides",
             nargs="*",

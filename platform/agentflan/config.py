@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agentflan.yaml_io import load_mapping
+
 
 class ConfigError(ValueError):
     """A spec or override that does not validate. The message names the file and key."""
@@ -510,17 +512,8 @@ def load_config(spec: str | Path | None, overrides: list[str] | None = None) -> 
     tree: dict[str, Any] = {}
     where = "overrides"
     if spec is not None:
-        path = Path(spec)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"spec file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        tree = loaded
+        where = str(spec)
+        tree = load_mapping(spec, "spec file", ConfigError)
     for key, value in parse_overrides(overrides or []):
         set_dotted(tree, key, value)
     try:

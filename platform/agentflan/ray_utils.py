@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 
@@ -24,6 +25,13 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now: for a local Ray head, or a process group of one outside Ray."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 BLOCKS_PER_CPU = 4

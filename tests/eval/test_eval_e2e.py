@@ -108,7 +108,7 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     q = report["quality"]
     assert q["degenerate"] == sum(is_degenerate(r) for r in replies.values()) and q["n"] == 16 + 10
     # ...the held-out loss, against a plain one-record-at-a-time loop over the validation split...
-    from agentflan.eval.run import heldout_records, heldout_samples
+    from agentflan.eval.heldout import heldout_records, heldout_samples
 
     cfg = load_config("pipelines/local.yaml", [*overrides, f"eval.model={summary['model_dir']}"])
     expected = _one_by_one_loss(

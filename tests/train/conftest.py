@@ -6,6 +6,7 @@ Qwen's chat templates. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from agentflan.train.templates import TEMPLATES, render_text
 from agentflan.train.tokenizer import BOS, EOS, train_bpe_tokenizer
 
 SAMPLE_DATA = Path(agentflan.__file__).parent / "sample_data"
+# benchmarks/collate.py: rows collated by hand and the padded baseline, shared with the benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
 Messages = list[dict[str, Any]]

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from agentflan.train.batches import PackedBatches, Prefetcher
-from agentflan.train.data import epoch_order, rows_table, step_rows
-from agentflan.train.packing import collate_packed, pack_samples
+from agentflan.train.packing import pack_samples
+from agentflan.train.sampling import epoch_order, step_rows
+from agentflan.train.shards import rows_table
 from agentflan.train.templates import IGNORE_INDEX, encode_conversation
+from collate import collate_packed
 
 
 @pytest.fixture(scope="module")

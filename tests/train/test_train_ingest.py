@@ -27,12 +27,14 @@ import agentflan
 from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
 from agentflan.train.batches import PackedBatches, Prefetcher
-from agentflan.train.data import corpus_split, encoding_template, prepare, step_rows
+from agentflan.train.corpus import corpus_split
+from agentflan.train.data import prepare
 from agentflan.train.loop import _micro_batch_plan
 from agentflan.train.pack_corpus import BlockPlan, PackJob, corpus_sources, plan_blocks, run_pack
 from agentflan.train.packing import count_rows
+from agentflan.train.sampling import step_rows
 from agentflan.train.shards import PackedShards, read_packed, shard_paths
-from agentflan.train.templates import encode_conversation
+from agentflan.train.templates import encode_conversation, encoding_template
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = Path(agentflan.__file__).parent / "sample_data"

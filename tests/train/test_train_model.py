@@ -9,18 +9,18 @@ import torch
 
 from agentflan.train.model import (
     build_model,
-    count_parameters,
     decoder_layers,
     resolve_attn_implementation,
     set_gradient_checkpointing,
     tiny_llama_config,
 )
+from agentflan.train.strategy import parameter_counts
 
 
 @pytest.mark.parametrize(("vocab_size", "hidden_size"), [(1000, 64), (4096, 128)])
 def test_tiny_config_is_tiny(vocab_size: int, hidden_size: int) -> None:
     model = build_model(config=tiny_llama_config(vocab_size, hidden_size=hidden_size), seed=0)
-    assert 100_000 <= count_parameters(model) <= 2_000_000
+    assert 100_000 <= parameter_counts(model)[0] <= 2_000_000
     assert model.config.num_hidden_layers == 2 and model.config.num_attention_heads == 4
 
 

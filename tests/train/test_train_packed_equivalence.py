@@ -16,8 +16,9 @@ import torch
 
 from agentflan.train.loss import CausalLMWithLoss, weighted_token_loss
 from agentflan.train.model import available_attn_implementations, build_model, model_inputs, tiny_llama_config
-from agentflan.train.packing import PackedRow, collate_packed, collate_padded, pack_samples
+from agentflan.train.packing import PackedRow, pack_samples
 from agentflan.train.templates import EncodedSample, encode_conversation
+from collate import collate_packed, collate_padded
 
 SEQ_LEN = 256
 # float32 sums over a few hundred tokens: packed and unpacked differ only in summation order.

@@ -8,15 +8,9 @@ from dataclasses import asdict
 import pytest
 from transformers.masking_utils import find_packed_sequence_indices
 
-from agentflan.train.packing import (
-    PackedRow,
-    PackingStrategy,
-    collate_packed,
-    collate_padded,
-    pack_samples,
-    real_token_share,
-)
+from agentflan.train.packing import PackedRow, PackingStrategy, pack_samples
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample, encode_conversation
+from collate import collate_packed, collate_padded, real_token_share
 
 SEQ_LEN = 256
 

@@ -1,5 +1,5 @@
 """A checkpoint loaded under ZeRO-3 by two ranks, each reading only its partition of every weight
-(agentflan.train.model.load_partitioned): gathered back, the weights are the checkpoint's, bit for bit."""
+(agentflan.train.zero3_loading.load_partitioned): gathered back, the weights are the checkpoint's, bit for bit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ rank, port, path, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
 import deepspeed
 from safetensors.torch import load_file
-from agentflan.train.model import load_partitioned
+from agentflan.train.zero3_loading import load_partitioned
 deepspeed.init_distributed(dist_backend="gloo")
 ds = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 2, "zero_optimization": {"stage": 3}}
 model = load_partitioned(path, ds, torch.float32, "sdpa")
@@ -35,11 +35,9 @@ json.dump({"held": held, "total": sum(p.ds_numel for p in model.parameters()), "
 
 @pytest.mark.ray  # slow: two processes
 def test_each_rank_loads_its_partition_and_gathers_the_checkpoint(llama2_checkpoint, tmp_path):
-    import socket
+    from agentflan.ray_utils import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     # DeepSpeed builds its CPU shared-memory op on first use: build it once here, not in two ranks at once.
     subprocess.run(
         [sys.executable, "-c", "from deepspeed.comm.torch import build_shm_op; build_shm_op()"],

@@ -69,7 +69,7 @@ def _plain_answer(answer: str | None) -> str | None:
     return answer.strip()
 
 
-def _toolbench_api(api: dict) -> dict:
+def toolbench_function(api: dict) -> dict:
     """A ToolBench ``api_list`` entry as an OpenAI function schema, named the way ToolLLaMA names it."""
     snake = re.sub(r"[^0-9a-zA-Z]+", "_", str(api.get("api_name", ""))).strip("_").lower()
     tool = re.sub(r"[^0-9a-zA-Z]+", "_", str(api.get("tool_name", ""))).strip("_").lower()
@@ -107,7 +107,7 @@ def load_tool_pool_file(path: str) -> list[str]:
     pool = []
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("api_list"), list):
-            tools = [_toolbench_api(a) for a in item["api_list"] if isinstance(a, dict)]
+            tools = [toolbench_function(a) for a in item["api_list"] if isinstance(a, dict)]
         elif isinstance(item, list):
             tools = [t for t in item if isinstance(t, dict) and "name" in t]
         else:

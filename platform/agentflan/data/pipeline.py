@@ -346,13 +346,18 @@ def corpus_files(output_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in (Path(output_dir) / "corpus").glob("part-*.parquet"))
 
 
-def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record]:
-    """The written corpus (one split, or all) as records, in id order (shard order is not fixed)."""
+def corpus_shards(output_dir: str | Path) -> list[str]:
+    """The corpus shards, refused in one line when there are none (what a reader of the corpus wants)."""
     files = corpus_files(output_dir)
     if not files:
         raise FileNotFoundError(f"no corpus under {Path(output_dir) / 'corpus'}: run `agentflan data` first")
+    return files
+
+
+def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record]:
+    """The written corpus (one split, or all) as records, in id order (shard order is not fixed)."""
     records = []
-    for shard in files:
+    for shard in corpus_shards(output_dir):
         for row in pq.read_table(shard).to_pylist():
             if split is None or row["split"] == split:
                 records.append(
@@ -368,4 +373,12 @@ def read_corpus(output_dir: str | Path, split: str | None = None) -> list[Record
     return sorted(records, key=lambda r: r.id)
 
 
-__all__ = ["run_data", "remix", "corpus_staleness", "corpus_files", "read_corpus", "PipelineError"]
+__all__ = [
+    "run_data",
+    "remix",
+    "corpus_staleness",
+    "corpus_files",
+    "corpus_shards",
+    "read_corpus",
+    "PipelineError",
+]

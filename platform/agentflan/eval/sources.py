@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agentflan.data.align import TOOLS_SYSTEM_PROMPT
-from agentflan.data.negatives import _toolbench_api
+from agentflan.data.negatives import toolbench_function
 from agentflan.data.record import Record
 
 Expected = Literal["plain", "call"]  # the right kind of reply: a plain answer, or a tool call
@@ -151,7 +151,7 @@ def _first_toolbench_call(details: list[dict[str, Any]]) -> ReferenceCall | None
 
 def read_toolbench_eval(path: Path) -> list[EvalQuery]:
     """ToolBench tooleval queries. ToolBench's own ``Finish`` function is left out of the tools shown: the
-    training tool pool (``_toolbench_api`` over ``api_list``) has none, so the prompt matches training."""
+    training tool pool (``toolbench_function`` over ``api_list``) has none, so the prompt matches training."""
     out = []
     for key, item in _load_json(path).items():
         if not isinstance(item, dict) or not isinstance(item.get("query"), str):
@@ -174,7 +174,7 @@ def _teval_tool(spec: dict[str, Any]) -> dict[str, Any]:
         "required_parameters": spec.get("required_parameters", []),
         "optional_parameters": spec.get("optional_parameters", []),
     }
-    return {**_toolbench_api(api), "name": spec["name"]}
+    return {**toolbench_function(api), "name": spec["name"]}
 
 
 def read_teval(path: Path) -> list[EvalQuery]:

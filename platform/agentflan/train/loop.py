@@ -1,31 +1,27 @@
-"""The training loop each worker runs, in four parts: :func:`setup`, :func:`train_step`, :func:`save_checkpoint`
-and :func:`save_model`.
+"""The training loop, one for every entry: :func:`setup`, :func:`train_step`, checkpoints, the export, and
+:func:`cleanup`, driven by :func:`fit`.
 
-Two entries drive them: :func:`train_loop_per_worker` on a Ray Train worker, and :func:`train_single_process`
-for one process without Ray (tests, benchmarks, debugging on one GPU). Ray appears only in the first (rank and
-device from the train context, ``ray.train.report`` for metrics and checkpoints, ``ray.train.get_checkpoint``
-to resume); the math is plain torch + DeepSpeed.
-
-Device mapping is explicit, because a wrong mapping is the most reported Ray + DeepSpeed failure: with
-``use_gpu`` each worker owns exactly one GPU, ``cuda:<local rank>``, set before DeepSpeed initialises.
+Two entries run it: :func:`train_loop_per_worker` on a Ray Train worker (checkpoints to and from Ray Train),
+and :func:`train_single_process` in this process, world size 1, without Ray (checkpoints under the output
+dir): both resume from their latest checkpoint, keep ``train.keep_checkpoints`` and checkpoint the last step
+with ``train.save_final``. Ray appears only in the first entry and in
+:class:`~agentflan.train.checkpoint.RayCheckpoints`; DeepSpeed only behind
+:class:`~agentflan.train.strategy.DeepSpeedStrategy`.
 
 Loss: the mean over every trained token of the global batch, whatever the split into micro-batches,
 accumulation steps and workers (see :mod:`agentflan.train.loss`). The rows of a step are known to every
-worker (:func:`agentflan.train.data.step_rows`), so the global token count needs no communication.
+worker (:func:`agentflan.train.sampling.step_rows`), so the global token count needs no communication.
 
 Loading: the model is built in the training dtype (bf16 on GPU), directly on the worker's device; under ZeRO-3
-inside ``deepspeed.zero.Init`` (through ``HfDeepSpeedConfig``), so it is partitioned as it is built and no
-rank ever holds the whole model.
+partitioned as it is built (:func:`agentflan.train.model.training_model`): a checkpoint by
+:func:`~agentflan.train.zero3_loading.load_partitioned`, each rank reading only its own slices, a config inside
+transformers' ``zero.Init``. No rank ever holds the whole model.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,68 +30,28 @@ import torch
 
 from agentflan.config import Config
 from agentflan.train.batches import PackedBatches, Prefetcher
-from agentflan.train.data import step_rows
+from agentflan.train.checkpoint import (
+    Checkpoints,
+    LocalCheckpoints,
+    RayCheckpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from agentflan.train.deepspeed_config import total_steps
+from agentflan.train.export import save_model
+from agentflan.train.heldout import heldout_loss
 from agentflan.train.loss import CausalLMWithLoss, resolve_loss_implementation
 from agentflan.train.model import (
-    build_model,
     compile_layers,
     freed_memory_returned,
-    load_partitioned,
     resolve_attn_implementation,
     set_gradient_checkpointing,
-    tiny_llama_config,
+    training_model,
 )
+from agentflan.train.sampling import step_rows
 from agentflan.train.shards import PackedShards, worker_rows
-
-CHECKPOINT_TAG = "ds"
-STATE_FILE = "agentflan_state.json"
-
-
-def deepspeed_config(cfg: Config, use_bf16: bool) -> dict[str, Any]:
-    t = cfg.train
-    zero: dict[str, Any] = {"stage": t.deepspeed.zero_stage}
-    if t.deepspeed.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.grad_accum_steps,
-        "train_batch_size": t.global_batch_size,
-        "gradient_clipping": t.max_grad_norm,
-        "zero_optimization": zero,
-        "bf16": {"enabled": use_bf16},
-        "zero_allow_untested_optimizer": True,  # a torch AdamW: no FusedAdam build on CPU
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if t.deepspeed.offload_optimizer:
-        # DeepSpeed steps an offloaded optimizer with its own CPU Adam (a C++ op it builds on first use).
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        ds["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": t.lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": t.weight_decay},
-        }
-    return _merge(ds, t.deepspeed.overrides)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def total_steps(cfg: Config, n_rows: int) -> int:
-    if cfg.train.max_steps:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.epochs * math.ceil(n_rows / cfg.train.global_batch_size)))
-
-
-def model_dtype(cfg: Config) -> torch.dtype:
-    """bf16 on GPU unless float32 is asked for; float32 on CPU unless bfloat16 is asked for."""
-    m = cfg.train.model
-    if m.dtype == "auto":
-        return torch.bfloat16 if cfg.train.scaling.use_gpu else torch.float32
-    return getattr(torch, m.dtype)
+from agentflan.train.step_log import StepLog
+from agentflan.train.strategy import DeepSpeedStrategy, parameter_counts
 
 
 @dataclass
@@ -103,13 +59,10 @@ class TrainState:
     """Everything :func:`train_step` needs; built once by :func:`setup`."""
 
     cfg: Config
-    engine: Any  # deepspeed.DeepSpeedEngine wrapping a CausalLMWithLoss
-    scheduler: Any
+    strategy: DeepSpeedStrategy
     rows: PackedBatches
     val_rows: PackedBatches | None
-    device: torch.device
-    rank: int
-    world: int
+    tokenizer_dir: str
     steps: int
     attn_implementation: str
     loss: str
@@ -117,7 +70,22 @@ class TrainState:
     params_local: int = 0  # the ones this rank holds (about params_total / world under ZeRO-3)
     start_step: int = 0
     prefetcher: Prefetcher | None = None
-    keep: list[Any] = field(default_factory=list)  # objects that must outlive setup (HfDeepSpeedConfig)
+
+    @property
+    def rank(self) -> int:
+        return self.strategy.rank
+
+    @property
+    def world(self) -> int:
+        return self.strategy.world
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device
+
+    @property
+    def engine(self) -> Any:
+        return self.strategy.engine
 
 
 def setup(
@@ -128,137 +96,44 @@ def setup(
     rank: int,
     world: int,
     local_rank: int,
+    single_process: bool = False,
 ) -> TrainState:
-    """Device, model (in its dtype, partitioned under ZeRO-3), loss wrapper, optimizer, schedule, engine."""
-    import deepspeed
-    import transformers
+    """Device and process group, model (in its dtype, partitioned under ZeRO-3), loss wrapper, optimizer,
+    schedule, engine. ``single_process``: no Ray Train set up a process group, make one of one."""
+    from transformers import AutoTokenizer
 
     t = cfg.train
-    if t.scaling.use_gpu:
-        device = torch.device(f"cuda:{local_rank}")
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(t.scaling.resources_per_worker.get("CPU", 1))))
-    dtype = model_dtype(cfg)
-    ds_config = deepspeed_config(cfg, use_bf16=dtype == torch.bfloat16)
+    strategy = DeepSpeedStrategy(cfg, rank, world, local_rank)
+    if single_process or t.deepspeed.zero_stage == 3:
+        strategy.init_distributed(single_process)
+    device = strategy.device
     attn = resolve_attn_implementation(t.model.attn_implementation, device)
     loss = resolve_loss_implementation(t.loss, device, t.deepspeed.zero_stage)
     packed = PackedBatches(rows, pin=device.type == "cuda")
     steps = total_steps(cfg, packed.n_rows)
-
-    keep: list[Any] = []
-    if t.deepspeed.zero_stage == 3:
-        # DeepSpeed's config checks the batch sizes against its world size: join the process group first.
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    specials = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     with freed_memory_returned():
-        model = _model(cfg, tokenizer_dir, dtype, attn, device, ds_config, keep)
+        model, strategy.hf_ds_config = training_model(
+            cfg, len(tok), specials, strategy.dtype, attn, device, strategy.ds_config
+        )
     set_gradient_checkpointing(model, t.model.gradient_checkpointing)
     if t.model.compile:
         compile_layers(model)
-    module = CausalLMWithLoss(model, loss, t.loss_chunk_tokens, attn)
-
-    params = [p for p in module.parameters() if p.requires_grad]
-    warmup = int(t.warmup_ratio * steps)
-    if "optimizer" in ds_config:  # offloaded: DeepSpeed builds its CPU Adam, we give the schedule
-        optimizer = None
-    else:
-        optimizer = torch.optim.AdamW(
-            params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.95), fused=device.type == "cuda"
-        )
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=module,
-        model_parameters=params,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: transformers.get_cosine_schedule_with_warmup(opt, warmup, steps),
-        config=ds_config,
-    )
+    engine = strategy.prepare(CausalLMWithLoss(model, loss, t.loss_chunk_tokens, attn), steps)
     params_total, params_local = parameter_counts(engine.module)
     return TrainState(
         cfg=cfg,
-        engine=engine,
-        scheduler=scheduler,
+        strategy=strategy,
         rows=packed,
         val_rows=PackedBatches(val_rows) if val_rows is not None and len(val_rows) else None,
-        device=device,
-        rank=rank,
-        world=world,
+        tokenizer_dir=tokenizer_dir,
         steps=steps,
         attn_implementation=attn,
         loss=loss,
         params_total=params_total,
         params_local=params_local,
-        keep=keep,
     )
-
-
-def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
-    """(all parameters, the ones held on this rank): under ZeRO-3 a parameter keeps only its partition
-    (``ds_tensor``) between uses, and ``ds_numel`` is its full size."""
-    total = local = 0
-    for p in module.parameters():
-        total += getattr(p, "ds_numel", p.numel())
-        local += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
-    return total, local
-
-
-def _model(
-    cfg: Config,
-    tokenizer_dir: str,
-    dtype: torch.dtype,
-    attn: str,
-    device: torch.device,
-    ds_config: dict[str, Any],
-    keep: list[Any],
-):
-    """The model to train, built partitioned under ZeRO-3: a checkpoint by :func:`load_partitioned` (each rank
-    reads its slices), a config inside transformers' ``zero.Init`` (while the ``HfDeepSpeedConfig`` put in
-    ``keep`` lives; it also lets transformers resize partitioned embeddings)."""
-    from transformers import AutoTokenizer
-    from transformers.integrations import HfDeepSpeedConfig
-
-    m = cfg.train.model
-    zero3 = cfg.train.deepspeed.zero_stage == 3
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    if zero3 and m.name_or_path:
-        model = load_partitioned(m.name_or_path, ds_config, dtype, attn)
-    if zero3:
-        keep.append(HfDeepSpeedConfig(ds_config))
-    if not m.name_or_path:
-        config = tiny_llama_config(
-            len(tok),
-            m.hidden_size,
-            m.num_layers,
-            m.num_heads,
-            max(2048, cfg.train.seq_len),
-            tok.bos_token_id,
-            tok.eos_token_id,
-            tok.pad_token_id,
-        )
-        # same seed: identical weights on every rank
-        model = build_model(
-            config=config, seed=cfg.seed, dtype=dtype, attn_implementation=attn, device=device
-        )
-    elif not zero3:
-        model = build_model(m.name_or_path, dtype=dtype, attn_implementation=attn)
-    if len(tok) > model.config.vocab_size:
-        # the named template's markers were added to the tokenizer (adapt_tokenizer): new rows at the mean of
-        # the old ones; under ZeRO-3 transformers gathers the partitioned embeddings to resize them
-        model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
-    if m.lora.enabled:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise RuntimeError("train.model.lora needs peft: pip install 'agentflan[lora]'") from None
-        lc = LoraConfig(
-            r=m.lora.r,
-            lora_alpha=m.lora.alpha,
-            lora_dropout=m.lora.dropout,
-            target_modules=m.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lc)
-    return model
 
 
 def _micro_batch_plan(state: TrainState):
@@ -281,7 +156,7 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     t = state.cfg.train
     if state.prefetcher is None:
         state.prefetcher = Prefetcher(state.rows, _micro_batch_plan(state), state.device)
-    engine, world, device = state.engine, state.world, state.device
+    strategy, world, device = state.strategy, state.world, state.device
     t0 = time.perf_counter()
     every = step_rows(
         step, 0, 1, t.micro_batch_size * world, t.grad_accum_steps, state.rows.n_rows, state.cfg.seed
@@ -293,23 +168,22 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     for _ in range(t.grad_accum_steps):
         batch, waited = state.prefetcher.next()
         data_wait += waited
-        loss_sum, _ = engine(**batch.model_kwargs())
+        loss_sum, _ = strategy.engine(**batch.model_kwargs())
         # DeepSpeed averages gradients over workers: scale by world so the sum is the global mean.
-        engine.backward(loss_sum * world / global_tokens, scale_wrt_gas=False)
-        engine.step()
+        strategy.backward(loss_sum * world / global_tokens)
+        strategy.step()
         loss_total += loss_sum.detach().float()
         real += batch.n_real
         slots += batch.slots
     counts = torch.tensor([float(real), float(slots)], device=device)
-    if world > 1:
-        torch.distributed.all_reduce(loss_total)
-        torch.distributed.all_reduce(counts)
+    strategy.all_reduce(loss_total)
+    strategy.all_reduce(counts)
     loss_value = loss_total.item() / global_tokens  # .item() waits for the step: the timing below is real
     elapsed = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "step": step + 1,
         "loss": loss_value,
-        "lr": state.scheduler.get_last_lr()[0],
+        "lr": strategy.lr(),
         "tokens_per_s": counts[0].item() / elapsed,
         "real_token_share": counts[0].item() / counts[1].item(),
         "trained_tokens": global_tokens,
@@ -327,127 +201,63 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
 
 
 def validation_loss(state: TrainState) -> float | None:
-    """Mean token loss over the packed validation rows, split across workers.
+    """Mean token loss over the packed validation rows, split across workers (:func:`heldout_loss`).
 
-    Every worker runs the same number of forward passes (ZeRO-3 gathers parameters collectively, so a rank
-    that stopped early would hang the others): ranks short of rows repeat row 0 with its labels masked.
     Validation records carry every trained turn unweighted (see :mod:`agentflan.data.mixture`), so trials
-    with different capability weights are scored on the same tokens.
-    """
-    rows = state.val_rows
-    if rows is None:
+    with different capability weights are scored on the same tokens."""
+    if state.val_rows is None:
         return None
-    n, world, micro = rows.n_rows, state.world, state.cfg.train.micro_batch_size
-    per_rank = math.ceil(n / world)
-    mine = [state.rank + world * j for j in range(per_rank)]
-    totals = torch.zeros(2, device=state.device)
     state.engine.eval()
-    with torch.no_grad():
-        for k in range(0, per_rank, micro):
-            idx = mine[k : k + micro]
-            batch = rows.batch(
-                [i if i < n else 0 for i in idx], ignore=[j for j, i in enumerate(idx) if i >= n]
-            )
-            loss_sum, count = state.engine(**batch.to(state.device).model_kwargs())
-            totals += torch.stack([loss_sum.float(), count.float()])
-    state.engine.train()
-    if world > 1:
-        torch.distributed.all_reduce(totals)
-    return totals[0].item() / max(1.0, totals[1].item())
-
-
-def save_checkpoint(state: TrainState, directory: str, step: int) -> None:
-    """DeepSpeed's checkpoint (sharded model and optimizer state, collective) plus the step it ends."""
-    state.engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
-    if state.rank == 0:
-        (Path(directory) / STATE_FILE).write_text(json.dumps({"step": step}))
-
-
-def load_checkpoint(state: TrainState, directory: str) -> None:
-    """Resume: weights, optimizer, schedule, and the data position (it is the step, see step_rows)."""
-    state.engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
-    state.start_step = json.loads((Path(directory) / STATE_FILE).read_text())["step"]
-    state.prefetcher = None
-
-
-def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
-    """Write the trained model with ``save_pretrained``, its tokenizer and generation config (rank 0 writes).
-
-    Under ZeRO-3 the 16-bit weights are gathered from every rank's shards first (``save_16bit_model``, a
-    collective). The config keeps the KV cache on."""
-    from transformers import AutoTokenizer
-
-    engine = state.engine
-    state_dict = None
-    if state.cfg.train.deepspeed.zero_stage == 3:
-        # DeepSpeed's public export: every rank takes part in gathering the 16-bit weights, rank 0 writes
-        # them (layer by layer, never the whole model on any other rank); read back memory-mapped.
-        gathered = model_dir.parent / f".{model_dir.name}.zero3"
-        engine.save_16bit_model(str(gathered), "weights.pt")
-        if state.rank == 0:
-            loaded = torch.load(gathered / "weights.pt", map_location="cpu", weights_only=True, mmap=True)
-            state_dict = {k.removeprefix("model."): v for k, v in loaded.items()}
-    if state.rank != 0:
-        return
-    model = engine.module.model
-    if state.cfg.train.model.lora.enabled:
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
-            state_dict = None
-        model = model.merge_and_unload()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model.config.use_cache = True  # off only inside training (model_inputs); generation wants the cache
-    model.generation_config = generation_config(model, tok)
-    model.save_pretrained(model_dir, state_dict=state_dict)
-    tok.save_pretrained(model_dir)
-    if state.cfg.train.deepspeed.zero_stage == 3:
-        import shutil
-
-        shutil.rmtree(model_dir.parent / f".{model_dir.name}.zero3", ignore_errors=True)
-
-
-def generation_config(model, tok):
-    """Greedy by default, stopping at the template's end-of-turn marker (the tokenizer's eos) and at the base
-    model's own eos, padding with the tokenizer's pad: what ``generate`` on the export needs to stop where a
-    trained reply stops."""
-    from transformers import GenerationConfig
-
-    base_eos = model.config.eos_token_id
-    base_eos = base_eos if isinstance(base_eos, list) else [base_eos]
-    stops = list(dict.fromkeys(i for i in [tok.eos_token_id, *base_eos] if i is not None))
-    return GenerationConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=stops[0] if len(stops) == 1 else stops,
-        pad_token_id=tok.pad_token_id,
-        do_sample=False,
+    loss, _ = heldout_loss(
+        state.engine, state.val_rows, state.cfg.train.micro_batch_size, state.device, state.rank, state.world
     )
+    state.engine.train()
+    return loss
 
 
-def _log_step(cfg: Config, metrics: dict[str, Any], log_path: Path, run_id: str | None) -> None:
-    with log_path.open("a") as f:
-        f.write(json.dumps(metrics) + "\n")
-    if run_id:
-        from agentflan.tracking import log_metrics
+def fit(
+    state: TrainState, checkpoints: Checkpoints, log: StepLog | None, model_dir: Path
+) -> list[dict[str, Any]]:
+    """Resume from the latest checkpoint, train to the last step, checkpoint every ``train.checkpoint_every``
+    steps and (with ``train.save_final``) the last one, then export the model. ``log`` is rank 0's. Returns
+    the metrics of the steps trained here."""
+    t = state.cfg.train
+    with checkpoints.latest() as directory:
+        if directory is not None:
+            state.start_step = load_checkpoint(state.strategy, directory)
+            state.prefetcher = None
+    if log is not None:
+        log.start(
+            state.start_step,
+            world_size=state.world,
+            params_total=state.params_total,
+            params_on_rank0=state.params_local,  # about 1/world of them under ZeRO-3
+            attn_implementation=state.attn_implementation,
+            loss=state.loss,
+        )
+    trained = []
+    for step in range(state.start_step, state.steps):
+        metrics = train_step(state, step)
+        if log is not None:
+            log.log(metrics)
+        done = step + 1 == state.steps
+        save = (step + 1) % t.checkpoint_every == 0 or (done and t.save_final)
+        checkpoints.report(metrics, _saver(state, step + 1) if save else None, done)
+        trained.append(metrics)
+    if t.save_final:
+        save_model(state.strategy, model_dir, state.tokenizer_dir)
+    return trained
 
-        log_metrics(cfg, run_id, {k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
+
+def _saver(state: TrainState, step: int):
+    return lambda directory: save_checkpoint(state.strategy, directory, step)
 
 
-def _start_log(log_path: Path, state: TrainState) -> None:
-    """Rank 0: drop the log lines after the resume step, and record the attempt (where it started, the world,
-    how many parameters rank 0 holds: about 1/world of them under ZeRO-3)."""
-    _truncate_log(log_path, state.start_step)  # steps after the checkpoint will be trained again
-    attempt = {
-        "start_step": state.start_step,
-        "world_size": state.world,
-        "params_total": state.params_total,
-        "params_on_rank0": state.params_local,
-        "attn_implementation": state.attn_implementation,
-        "loss": state.loss,
-        "time": time.time(),
-    }
-    with (log_path.parent / "attempts.jsonl").open("a") as f:
-        f.write(json.dumps(attempt) + "\n")
+def cleanup(state: TrainState) -> None:
+    """Release what :func:`setup` took (the engine, transformers' ZeRO-3 switch), so the next run in this
+    process starts clean."""
+    state.prefetcher = None
+    state.strategy.cleanup()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -455,42 +265,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     cfg = Config.model_validate(config["cfg"])
-    t = cfg.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     state = setup(
         cfg,
         worker_rows(config, "rows"),
         worker_rows(config, "val_rows"),
         config["tokenizer_dir"],
         rank,
-        world,
+        ctx.get_world_size(),
         ctx.get_local_rank(),
     )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            load_checkpoint(state, d)
-    log_path = Path(config["steps_log"])
-    if rank == 0:
-        _start_log(log_path, state)
-
-    for step in range(state.start_step, state.steps):
-        metrics = train_step(state, step)
-        if rank == 0:
-            _log_step(cfg, metrics, log_path, config.get("run_id"))
-        done = step + 1 == state.steps
-        if (step + 1) % t.checkpoint_every == 0 or (done and t.save_final):
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(state, tmp, step + 1)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        elif "val_loss" in metrics or done:
-            # ray.train.report is a barrier across workers (~1.7 s a call here, 5x a tiny model's step):
-            # only checkpoints, validation losses and the end go through it; every step goes to MLflow and
-            # the log.
-            ray.train.report(metrics)
-    if t.save_final:
-        save_model(state, Path(config["model_dir"]), config["tokenizer_dir"])
+    log = StepLog(cfg, Path(config["steps_log"]), config.get("run_id")) if rank == 0 else None
+    try:
+        fit(state, RayCheckpoints(), log, Path(config["model_dir"]))
+    finally:
+        cleanup(state)
 
 
 def train_single_process(
@@ -504,42 +294,18 @@ def train_single_process(
     """The same loop in this process, world size 1, without Ray: what tests and benchmarks call.
 
     Writes ``train/steps.jsonl`` and (with ``train.save_final``) ``model/`` under ``output_dir``; a checkpoint
-    every ``train.checkpoint_every`` steps under ``train/checkpoints/step_N``. Returns the step metrics."""
-    import deepspeed
-
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cfg.train.scaling.use_gpu else "gloo")
-    state = setup(cfg, rows, val_rows, tokenizer_dir, rank=0, world=1, local_rank=0)
-    log_path = output_dir / "train" / "steps.jsonl"
-    _start_log(log_path, state)
-    logged = []
-    for step in range(state.steps):
-        metrics = train_step(state, step)
-        _log_step(cfg, metrics, log_path, run_id)
-        logged.append(metrics)
-        if (step + 1) % cfg.train.checkpoint_every == 0:
-            save_checkpoint(state, str(output_dir / "train" / "checkpoints" / f"step_{step + 1}"), step + 1)
-    if cfg.train.save_final:
-        save_model(state, output_dir / "model", tokenizer_dir)
-    return logged
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kept = []
-    if path.exists():
-        kept = [
-            line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step
-        ]
-    path.write_text("".join(line + "\n" for line in kept))
+    every ``train.checkpoint_every`` steps (and at the last, with ``train.save_final``) under
+    ``train/checkpoints/step_N``, the newest ``train.keep_checkpoints`` kept; started again, it resumes from
+    the newest. Returns the metrics of the steps trained in this call."""
+    output_dir = Path(output_dir)
+    state = setup(cfg, rows, val_rows, tokenizer_dir, rank=0, world=1, local_rank=0, single_process=True)
+    checkpoints = LocalCheckpoints(output_dir / "train" / "checkpoints", cfg.train.keep_checkpoints)
+    try:
+        return fit(
+            state,
+            checkpoints,
+            StepLog(cfg, output_dir / "train" / "steps.jsonl", run_id),
+            output_dir / "model",
+        )
+    finally:
+        cleanup(state)

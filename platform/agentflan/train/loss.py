@@ -28,13 +28,11 @@ All three give the same loss and gradients (tests compare them; Liger on the GPU
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from agentflan.train.model import flattens_batch
+from agentflan.train.model import flattens_batch, model_inputs
 from agentflan.train.templates import IGNORE_INDEX
 
 LOSS_IMPLEMENTATIONS = ("full", "chunked", "liger")
@@ -137,10 +135,11 @@ class CausalLMWithLoss(torch.nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         targets, target_weights = next_token_targets(labels, weights)
-        inputs: dict[str, Any] = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+        batch = {"input_ids": input_ids, "position_ids": position_ids}
         if attention_mask is not None:
-            inputs["attention_mask"] = attention_mask
-        elif self.flatten:
+            batch["attention_mask"] = attention_mask
+        inputs = model_inputs(batch)
+        if attention_mask is None and self.flatten:
             inputs = {k: v.reshape(1, -1) if torch.is_tensor(v) else v for k, v in inputs.items()}
         if self.loss == "full":
             logits = self.model(**inputs).logits

@@ -1,5 +1,6 @@
-"""The model: a tiny Llama for tests and CPU runs, or any causal LM from a path, with the attention kernel chosen
-for the device.
+"""The model to train: a tiny Llama for tests and CPU runs, or any causal LM from a path (partitioned under
+ZeRO-3), resized to the tokenizer and wrapped in LoRA when asked, with the attention kernel chosen for the
+device (:func:`training_model`).
 
 Packed rows and attention. A packed row keeps its samples apart through its restarting ``position_ids``:
 
@@ -16,7 +17,7 @@ Packed rows and attention. A packed row keeps its samples apart through its rest
 In transformers 5.x the packed-sequence mask is built only when ``attention_mask`` is None *and there is no KV
 cache*; with ``use_cache=True`` (the default of most configs) ``LlamaModel.forward`` creates an empty
 ``DynamicCache``, the check is skipped and every token attends across sample boundaries, in training mode too.
-So training passes ``use_cache=False`` explicitly (:func:`model_inputs`); a test checks that a packed sample's
+So training passes ``use_cache=False`` explicitly (:func:`model_inputs`, which the loss module calls); a test checks that a packed sample's
 logits do not change when another sample in its row does. The *saved* config keeps the cache on: whoever
 generates from the exported model wants it.
 """
@@ -31,7 +32,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
+from agentflan.config import Config
 from agentflan.preflight import FLASH_ATTN_MODULES
+from agentflan.train.zero3_loading import load_partitioned
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "eager")
 _FLASH_PACKAGES = FLASH_ATTN_MODULES
@@ -146,82 +149,6 @@ def build_model(
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
 
 
-def load_partitioned(
-    name_or_path: str, ds_config: dict[str, Any], dtype: torch.dtype, attn_implementation: str
-) -> PreTrainedModel:
-    """A pretrained checkpoint under ZeRO-3, each rank reading only its own partition of every weight.
-
-    transformers' ZeRO-3 loading gives rank 0 the whole state dict to copy into gathered layers (measured:
-    rank 0 peaked at 1.55x the model's size in private memory, docs/benchmarks.md). Here the model is built
-    inside ``deepspeed.zero.Init`` with weight initialisation skipped (every parameter is empty but for its
-    partition), then each rank copies its slice of each weight, a range of the flattened tensor, from the
-    memory-mapped safetensors files (``safe_open(...).get_slice``: only those rows are read). No rank holds
-    more than its partition plus one weight's slice. A checkpoint whose names are not the model's (an
-    architecture transformers renames on load) falls back to transformers' own loading.
-
-    ``zero.Init`` would broadcast every new (empty) weight from rank 0 before partitioning it, so that random
-    initialisation agrees across ranks; here every element is then overwritten from the checkpoint, so the
-    broadcast is skipped (:func:`_init_without_broadcast`). It was not only wasted time: receiving it writes a
-    whole weight on every rank but 0, while rank 0 only reads pages it never touched, so rank 1 peaked a
-    whole embedding above rank 0 (0.61x of the model against 0.53x, docs/benchmarks.md).
-    """
-    from safetensors import safe_open
-    from transformers import AutoConfig
-    from transformers.integrations.deepspeed import prevent_arange_dtype_change
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-
-    files = _safetensors_files(name_or_path)
-    config = AutoConfig.from_pretrained(name_or_path)
-    with (
-        no_init_weights(),
-        prevent_arange_dtype_change(),
-        _init_without_broadcast()(config_dict_or_path=ds_config),
-    ):
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
-    params = dict(model.named_parameters())
-    rank = torch.distributed.get_rank()
-    loaded: set[str] = set()
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            if not set(f.keys()) <= set(params) | _tied_names(model):
-                return _transformers_zero3_load(name_or_path, ds_config, dtype, attn_implementation)
-            for name in f.keys():  # noqa: SIM118 - a safetensors handle is not iterable
-                if name not in params:
-                    continue  # a tied copy (lm_head = embed_tokens): loaded through the other name
-                p = params[name]
-                size = p.ds_tensor.ds_numel
-                start, end = size * rank, min(size * (rank + 1), p.ds_numel)
-                if start < end:
-                    part = _flat_range(f.get_slice(name), start, end)
-                    with torch.no_grad():
-                        p.ds_tensor.narrow(0, 0, end - start).copy_(part)
-                loaded.add(name)
-    if missing := set(params) - loaded:
-        raise ValueError(f"{name_or_path}: the checkpoint has no weights for {sorted(missing)[:5]}")
-    return model
-
-
-def _init_without_broadcast() -> type:
-    """``deepspeed.zero.Init`` with the broadcast of each new parameter from rank 0 left out (see
-    :func:`load_partitioned`): only for a model whose every weight is then loaded, partition by partition.
-
-    It overrides ``Init._zero_init_param`` (DeepSpeed 0.14-0.19: convert, broadcast, partition). Where a
-    DeepSpeed version has no such method, the override is never called and the broadcast happens as before:
-    the same model, a whole weight more memory on ranks above 0 while loading."""
-    import deepspeed
-
-    class InitWithoutBroadcast(deepspeed.zero.Init):
-        def _zero_init_param(self, param: torch.nn.Parameter) -> None:
-            self._convert_to_deepspeed_param(param)
-            param.partition()
-
-    return InitWithoutBroadcast
-
-
 @contextlib.contextmanager
 def freed_memory_returned(threshold: int = 64 * 1024):
     """While loading, have glibc hand every freed allocation above ``threshold`` straight back to the OS.
@@ -246,49 +173,6 @@ def freed_memory_returned(threshold: int = 64 * 1024):
         libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
         with contextlib.suppress(AttributeError):
             libc.malloc_trim(0)
-
-
-def _safetensors_files(name_or_path: str) -> list[Any]:
-    from pathlib import Path
-
-    from huggingface_hub import snapshot_download
-
-    root = Path(name_or_path)
-    if not root.is_dir():
-        root = Path(snapshot_download(name_or_path, allow_patterns=["*.safetensors", "*.json"]))
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{name_or_path}: no .safetensors weights (ZeRO-3 loading reads safetensors)")
-    return files
-
-
-def _tied_names(model: PreTrainedModel) -> set[str]:
-    """Checkpoint names that are tied copies of another parameter (named_parameters lists each once)."""
-    all_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    return all_names - {n for n, _ in model.named_parameters()}
-
-
-def _flat_range(view: Any, start: int, end: int) -> torch.Tensor:
-    """Elements ``[start, end)`` of the flattened tensor behind a safetensors slice, reading only the rows
-    (first-dimension entries) that hold them."""
-    shape = view.get_shape()
-    row = 1
-    for d in shape[1:]:
-        row *= d
-    if not shape:
-        return view[:].reshape(-1)[start:end]
-    first, last = start // row, -(-end // row)
-    rows = view[first:last].reshape(-1)
-    return rows[start - first * row : end - first * row]
-
-
-def _transformers_zero3_load(
-    name_or_path: str, ds_config: dict[str, Any], dtype: torch.dtype, attn_implementation: str
-) -> PreTrainedModel:
-    from transformers.integrations import HfDeepSpeedConfig
-
-    keep = HfDeepSpeedConfig(ds_config)  # noqa: F841 - transformers reads it while it lives
-    return build_model(name_or_path, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -324,6 +208,58 @@ def compile_layers(model: torch.nn.Module) -> None:
         layer.compile()
 
 
+def training_model(
+    cfg: Config,
+    vocab_size: int,
+    special_ids: tuple[int | None, int | None, int | None],
+    dtype: torch.dtype,
+    attn: str,
+    device: torch.device,
+    ds_config: dict[str, Any],
+) -> tuple[PreTrainedModel, Any]:
+    """The model a run trains, for a tokenizer of ``vocab_size`` with ``(bos, eos, pad)`` ids ``special_ids``.
+
+    Under ZeRO-3 it is built partitioned: a checkpoint by :func:`load_partitioned` (each rank reads its own
+    slices), a config inside transformers' ``zero.Init``, entered while the ``HfDeepSpeedConfig`` returned
+    beside the model lives: the caller keeps it for the run, since transformers also reads it to resize
+    partitioned embeddings and to save (None without ZeRO-3). Otherwise a checkpoint is loaded whole, a
+    config is initialised on ``device`` from the run's seed (identical weights on every rank)."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    m = cfg.train.model
+    zero3 = cfg.train.deepspeed.zero_stage == 3
+    model = load_partitioned(m.name_or_path, ds_config, dtype, attn) if zero3 and m.name_or_path else None
+    # created after load_partitioned, which enters zero.Init itself (transformers would enter it a second time)
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None
+    if not m.name_or_path:
+        config = tiny_llama_config(
+            vocab_size, m.hidden_size, m.num_layers, m.num_heads, max(2048, cfg.train.seq_len), *special_ids
+        )
+        model = build_model(
+            config=config, seed=cfg.seed, dtype=dtype, attn_implementation=attn, device=device
+        )
+    elif model is None:
+        model = build_model(m.name_or_path, dtype=dtype, attn_implementation=attn)
+    if vocab_size > model.config.vocab_size:
+        # the named template's markers were added to the tokenizer (adapt_tokenizer): new rows at the mean of
+        # the old ones; under ZeRO-3 transformers gathers the partitioned embeddings to resize them
+        model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64, mean_resizing=True)
+    if m.lora.enabled:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise RuntimeError("train.model.lora needs peft: pip install 'agentflan[lora]'") from None
+        lc = LoraConfig(
+            r=m.lora.r,
+            lora_alpha=m.lora.alpha,
+            lora_dropout=m.lora.dropout,
+            target_modules=m.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lc)
+    return model, hf_ds_config
+
+
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The keyword arguments for ``model(**...)`` from a packed or padded batch.
 
@@ -338,8 +274,3 @@ def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if "attention_mask" in batch:
         inputs["attention_mask"] = batch["attention_mask"]
     return inputs
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Distinct parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())

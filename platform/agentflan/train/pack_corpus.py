@@ -13,7 +13,7 @@ key is a 64-bit hash of the run's seed and its corpus id; in key order a split i
 ``train.pack_block_samples``. The driver reads the id column alone to find where each block starts
 (:class:`BlockPlan`); a sample finds its block from its key; a block sorts its samples by key before
 packing. Key order is a seeded shuffle, so a block is a random draw from the split, and reading the shards
-in order (the first epoch, :func:`~agentflan.train.data.step_rows`) reads a shuffled stream.
+in order (the first epoch, :func:`~agentflan.train.sampling.step_rows`) reads a shuffled stream.
 
 Why blocks: best-fit-decreasing over a whole split needs every sample in one process. Packed a block at a
 time, rows are a little less full; ``train/data_stats.json`` reports the real-token share of the blocks
@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agentflan.config import Config
-from agentflan.train.data import Conversation, corpus_shards, encoding_template, rows_table
+from agentflan.train.corpus import Conversation, corpus_shards, heldout_dir
 from agentflan.train.packing import PackingStrategy, count_rows, pack_samples
-from agentflan.train.shards import ROW_SCHEMA, shard_name, write_shard
-from agentflan.train.templates import EncodedSample, encode_conversation
+from agentflan.train.shards import ROW_SCHEMA, rows_table, shard_name, write_shard
+from agentflan.train.templates import EncodedSample, encode_conversation, encoding_template
 
 CORPUS_COLUMNS = ["id", "split", "messages", "tools"]
 ENCODE_CALL_ROWS = 1024  # corpus rows per actor call (whole row groups): few output blocks, balanced actors
@@ -279,9 +279,8 @@ class PackJob:
 
 def corpus_sources(cfg: Config) -> tuple[Source, ...]:
     """The train split of the run's corpus, the validation split of ``data.heldout_from`` (default: the same)."""
-    out = Path(cfg.output_dir)
-    heldout = Path(cfg.data.heldout_from) if cfg.data.heldout_from else out
-    return Source(tuple(corpus_shards(out)), "train"), Source(tuple(corpus_shards(heldout)), "validation")
+    train, heldout = corpus_shards(cfg.output_dir), corpus_shards(heldout_dir(cfg))
+    return Source(tuple(train), "train"), Source(tuple(heldout), "validation")
 
 
 def plan_blocks(sources: Iterable[Source], seed: int, block_samples: int) -> dict[str, BlockPlan]:

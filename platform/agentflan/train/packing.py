@@ -1,4 +1,5 @@
-"""Packing encoded samples into fixed-length rows, and the padded collate it is compared with.
+"""Packing encoded samples into fixed-length rows (rows collated by hand, and the padded baseline packing is
+measured against, live in ``benchmarks/collate.py``).
 
 A packed row holds several samples back to back; ``position_ids`` restart at 0 at each sample. That is all the
 model needs to keep the samples apart: with ``attention_mask=None`` and no KV cache, transformers reads the
@@ -19,16 +20,12 @@ trained token are dropped. Both are counted in :class:`PackStats`.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from itertools import accumulate
-from typing import TYPE_CHECKING
 
 from agentflan.train.templates import IGNORE_INDEX, EncodedSample
-
-if TYPE_CHECKING:  # torch is imported where a batch is built: packing workers never load it
-    import torch
 
 
 class PackingStrategy(str, Enum):
@@ -172,40 +169,3 @@ def _build_row(samples: Sequence[EncodedSample], seq_len: int, pad_id: int) -> P
     row.weights += [0.0] * pad
     row.position_ids += range(pad)
     return row
-
-
-def collate_packed(rows: Sequence[PackedRow]) -> dict[str, torch.Tensor]:
-    """Stack packed rows into a batch. No ``attention_mask``: the position ids carry the sample boundaries."""
-    import torch
-
-    return {
-        "input_ids": torch.tensor([r.input_ids for r in rows], dtype=torch.long),
-        "labels": torch.tensor([r.labels for r in rows], dtype=torch.long),
-        "weights": torch.tensor([r.weights for r in rows], dtype=torch.float32),
-        "position_ids": torch.tensor([r.position_ids for r in rows], dtype=torch.long),
-        "real_mask": torch.arange(len(rows[0].input_ids)) < torch.tensor([[r.n_real] for r in rows]),
-    }
-
-
-def collate_padded(samples: Sequence[EncodedSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """One sample per row, right-padded to the longest, with a 2D ``attention_mask`` (the unpacked baseline)."""
-    import torch
-
-    width = max(len(s) for s in samples)
-    real_mask = torch.arange(width) < torch.tensor([[len(s)] for s in samples])
-    pad = [width - len(s) for s in samples]
-    return {
-        "input_ids": torch.tensor([s.input_ids + [pad_id] * p for s, p in zip(samples, pad, strict=True)]),
-        "labels": torch.tensor([s.labels + [IGNORE_INDEX] * p for s, p in zip(samples, pad, strict=True)]),
-        "weights": torch.tensor(
-            [s.weights + [0.0] * p for s, p in zip(samples, pad, strict=True)], dtype=torch.float32
-        ),
-        "position_ids": torch.arange(width).expand(len(samples), width).clone(),
-        "attention_mask": real_mask.long(),
-        "real_mask": real_mask,
-    }
-
-
-def real_token_share(batch: Mapping[str, torch.Tensor]) -> float:
-    """Share of a batch's token slots that hold real tokens (not padding): the compute not wasted."""
-    return batch["real_mask"].float().mean().item()

@@ -49,7 +49,8 @@ def run_train(
 
     from agentflan import tracking
     from agentflan.ray_utils import ensure_ray
-    from agentflan.train.loop import total_steps, train_loop_per_worker
+    from agentflan.train.deepspeed_config import total_steps
+    from agentflan.train.loop import train_loop_per_worker
     from agentflan.train.shards import shard_rows
 
     out = Path(cfg.output_dir).resolve()

@@ -4,7 +4,7 @@ A split's packed rows live in ``train/packed_<split>/part-<block>.parquet``, one
 (:mod:`agentflan.train.pack_corpus`); the split's row ``i`` is the ``i``-th row of the shards read in name
 order. Training never loads the whole table: each worker opens the shards memory-mapped (``output_dir`` is a
 shared file system on a cluster), keeps a small index (global row -> shard row group) and reads the row
-groups that the rows of its steps (:func:`agentflan.train.data.step_rows`) fall in, keeping the last few
+groups that the rows of its steps (:func:`agentflan.train.sampling.step_rows`) fall in, keeping the last few
 decoded. The first epoch reads the shards front to back, so each row group is decoded once; later epochs
 read in a permutation, so row groups are kept small (about :data:`ROW_GROUP_BYTES`) to bound what a row
 costs to fetch.
@@ -13,15 +13,21 @@ costs to fetch.
 from __future__ import annotations
 
 import os
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from agentflan.train.templates import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from agentflan.train.packing import PackedRow
 
 # What a packed row holds, as the shards store it.
 ROW_SCHEMA = pa.schema(
@@ -37,6 +43,27 @@ ROW_SCHEMA = pa.schema(
 # The token columns and their dtypes (no torch here: the packing workers that write shards never load it).
 COLUMNS = {"input_ids": np.int32, "labels": np.int32, "weights": np.float32, "position_ids": np.int32}
 ROW_GROUP_BYTES = 1 << 20  # ~1 MiB of token columns per row group: a random row costs at most this to fetch
+
+
+def rows_table(rows: list[PackedRow], seed: int | str) -> pa.Table:
+    """The rows as a :data:`ROW_SCHEMA` table, in an order shuffled by ``seed``."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    data = []
+    for i in order:
+        r = rows[i]
+        n_trained = sum(1 for label in r.labels[1:] if label != IGNORE_INDEX)
+        data.append(
+            {
+                "input_ids": r.input_ids,
+                "labels": r.labels,
+                "weights": r.weights,
+                "position_ids": r.position_ids,
+                "n_real": r.n_real,
+                "n_trained": n_trained,
+            }
+        )
+    return pa.Table.from_pylist(data, schema=ROW_SCHEMA)
 
 
 def shard_name(block: int) -> str:

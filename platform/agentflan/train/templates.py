@@ -37,11 +37,15 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedTokenizerBase
 
 from agentflan.train.model_template import Span, template_spans
+from agentflan.train.tool_templates import JINJA_TEMPLATES
+
+if TYPE_CHECKING:
+    from agentflan.config import Config
 
 IGNORE_INDEX = -100  # the label torch's cross-entropy skips
 
@@ -351,3 +355,10 @@ def _tokenize_spans(
                 break
             k += 1
     return ids, token_weights
+
+
+def encoding_template(cfg: Config) -> str | None:
+    """The named text template to encode with, or None: the tokenizer's own ``chat_template`` (the model's, or
+    a named tool-calling template that :func:`~agentflan.train.tokenizer.load_tokenizer` set on it)."""
+    template = cfg.train.model.template
+    return None if template == "model" or template in JINJA_TEMPLATES else template

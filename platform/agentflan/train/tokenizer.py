@@ -1,4 +1,5 @@
-"""A small byte-level BPE tokenizer trained from text, for tests and for tiny models trained from scratch.
+"""The run's tokenizer (:func:`load_tokenizer`): a model's, taught the named template, or a small byte-level
+BPE tokenizer trained from text, for tests and for tiny models trained from scratch.
 
 Byte-level, so every string encodes (no unknown characters; ``<unk>`` exists only because tooling expects one).
 The chat template's markers (``<|im_start|>``, ``<|Human|>``, ``ി``...) are special tokens, so each is one token
@@ -13,12 +14,17 @@ Training is deterministic: the same texts in the same order give the same vocabu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from agentflan.train.templates import ChatTemplate, get_template, to_jinja
 from agentflan.train.tool_templates import JINJA_TEMPLATES, JinjaTemplate
+
+if TYPE_CHECKING:
+    from agentflan.config import Config
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
@@ -66,7 +72,7 @@ def adapt_tokenizer(tok: PreTrainedTokenizerBase, template: str) -> list[str]:
     """Make a model's own tokenizer speak a named template, so one template goes from training to inference.
 
     - the template's markers become special tokens where the tokenizer lacks them (each one token, never
-      merged with the text around it; the model's embeddings grow by as many, see ``train.loop``);
+      merged with the text around it; the model's embeddings grow by as many, see :func:`agentflan.train.model.training_model`);
     - ``chat_template`` is the template itself (with ``{% generation %}`` markers), so
       ``apply_chat_template(messages, add_generation_prompt=True)`` renders byte for byte what training did;
     - ``eos`` is the template's end-of-turn marker (generation stops where a reply ends; the exported
@@ -97,3 +103,23 @@ def _spec(template: str) -> ChatTemplate | JinjaTemplate:
 
 def _jinja(chat: ChatTemplate | JinjaTemplate) -> str:
     return chat.source if isinstance(chat, JinjaTemplate) else to_jinja(chat)
+
+
+def load_tokenizer(cfg: Config, texts: list[str], save_dir: Path) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: the model's (made to speak the named template: :func:`adapt_tokenizer`), or
+    (embedded default) a BPE tokenizer trained on ``texts``; saved to ``save_dir``, and later with the model."""
+    from transformers import AutoTokenizer
+
+    m = cfg.train.model
+    source = m.tokenizer or m.name_or_path
+    if source is not None:
+        tok = AutoTokenizer.from_pretrained(source)
+        if m.template != "model":
+            adapt_tokenizer(tok, m.template)  # markers, chat_template, eos and pad of the named template
+        elif tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    else:
+        template = "chatml" if m.template == "model" else m.template
+        tok = train_bpe_tokenizer(texts, m.vocab_size, template=template)
+    tok.save_pretrained(save_dir)
+    return tok

@@ -25,10 +25,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflan.config import Config, ConfigError, format_errors, set_dotted
+from agentflan.yaml_io import load_mapping
 
 
 class SpaceError(ValueError):
@@ -226,13 +226,7 @@ def _check(space: SearchSpace, spec: Config) -> None:
 
 def load_space(path: str | Path, spec: Config) -> SearchSpace:
     """Read and validate a search space against the pipeline spec it will run on."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpaceError(f"search space not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: not valid YAML: {e}") from None
+    tree = load_mapping(path, "search space", SpaceError)
     try:
         space = SearchSpace.model_validate(tree)
     except ValidationError as e:

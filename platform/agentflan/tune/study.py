@@ -43,7 +43,8 @@ def base_corpus(cfg: Config, progress: Callable[[str], None]) -> None:
 
 def study_tokenizer(cfg: Config, directory: Path) -> str | None:
     """With no model given, one BPE tokenizer trained on the base corpus's training split, for all trials."""
-    from agentflan.train.data import corpus_split, load_tokenizer
+    from agentflan.train.corpus import corpus_split
+    from agentflan.train.tokenizer import load_tokenizer
 
     m = cfg.train.model
     if m.tokenizer or m.name_or_path:
@@ -72,7 +73,7 @@ def _scheduler(space: SearchSpace, cfg: Config):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    from agentflan.train.loop import total_steps
+    from agentflan.train.deepspeed_config import total_steps
 
     max_t = s.max_t or cfg.train.max_steps or total_steps(cfg, 1 << 30)
     return ASHAScheduler(
