@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import agentflan
-import agentflan.train.pack_corpus
+import agentflan.train.data
 from agentflan.config import load_config
 from agentflan.data.pipeline import run_data
 from agentflan.train.data import prepare
@@ -47,13 +47,13 @@ def packs(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(corpus, out)
     calls: list[int] = []
-    real = agentflan.train.pack_corpus.run_pack
+    real = agentflan.train.data.run_pack
 
     def counted(job, *args, **kwargs):
         calls.append(job.seq_len)
         return real(job, *args, **kwargs)
 
-    monkeypatch.setattr(agentflan.train.pack_corpus, "run_pack", counted)
+    monkeypatch.setattr(agentflan.train.data, "run_pack", counted)
     return out, calls
 
 
