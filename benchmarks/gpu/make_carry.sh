@@ -29,7 +29,7 @@ dl "$OUT/tmp" "ray==$RAY"
 # (pydantic: the config and deepspeed; hjson: deepspeed's config; jsonschema: ray's runtime-env checks)
 dl "$OUT" pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0 \
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 \
-  liger-kernel==0.8.5
+  typing-extensions==4.16.0 liger-kernel==0.8.5
 # deepspeed is source-only on PyPI: its wheel is pure Python, its ops JIT-compile where they are used
 "$PY" -m pip wheel -q --no-deps -w "$OUT" "deepspeed==$DEEPSPEED"
 rm -rf "$OUT/tmp"
