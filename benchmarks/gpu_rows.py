@@ -250,7 +250,10 @@ def fit_single(cfg, rows_path: Path, tokenizer_dir: Path, log: Path, profile: bo
             if profile and step + 1 == state.steps:
                 with torch.profiler.profile(activities=_activities()) as prof:
                     metrics = loop.train_step(state, step)
-                kernels = kernel_breakdown(prof)
+                try:  # the profile explains a row; its failure must not lose the row's numbers
+                    kernels = kernel_breakdown(prof)
+                except Exception as e:  # noqa: BLE001
+                    kernels = {"by_kind_s": {}, "top": [], "error": repr(e)[:300]}
             else:
                 metrics = loop.train_step(state, step)
             f.write(json.dumps(metrics) + "\n")

@@ -216,13 +216,13 @@ def run(args: argparse.Namespace) -> None:
             extra = ["--size", args.size, "--steps", str(args.steps), "--batch", str(args.batch)]
             results["padded"] = _subprocess("padded", data, extra, budget.timeout("padded"), log)
         except RuntimeError as e:
-            results["padded"] = {"error": str(e)[-1500:]}
+            results["padded"] = {"error": _clip(str(e))}
         print(f"padded baseline: {json.dumps(results['padded'])[:1600]}", flush=True)
     save()
 
     for row in rows:
         run_args = {**vars(args), "engine_of_row": "ray" if row in ray_rows else "single"}
-        if row == "7b" and args.gpu:
+        if row == "7b":
             run_args["offload_adam"] = _offload_adam(args.cpu_adam_status, budget)
         timeout = budget.timeout(row)
         if timeout < args.min_row_s:
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> None:
                 "row", data, ["--row", row, "--args", json.dumps(run_args, default=str)], timeout, log
             )
         except Exception as e:  # one row's failure is a line in the table, not the end of the run
-            res = {"row": row, "error": "".join(traceback.format_exception_only(type(e), e))[-2500:]}
+            res = {"row": row, "error": _clip("".join(traceback.format_exception_only(type(e), e)))}
         budget.done(row)
         print(json.dumps(res)[:3000], flush=True)
         results["rows"].append(res)
@@ -295,9 +295,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _clip(error: str) -> str:
+    """The error's first line (what happened: a cap, an exit code, the exception) and the end of its output."""
+    head, _, rest = error.partition("\n")
+    return head[:300] + ("\n" + rest[-2500:] if rest else "")
+
+
 def _last_line(error: str) -> str:
+    """For the table: the error's first line when it names the cause, else its last line."""
     lines = [line for line in error.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else error)[:160].replace("|", "/")
+    first = lines[0] if lines else error
+    named = first.startswith(("row", "padded", "peak", "not run")) or "Error" in first
+    return (first if named else lines[-1])[:160].replace("|", "/")
 
 
 def main() -> None:
