@@ -37,14 +37,19 @@ def test_gpu_train_runs_tiny_on_cpu(tmp_path):
     data = tmp_path / "bench"
     run("gpu_train.py", "prepare", str(data), "--seq-len", "256", "--vocab", "1024")
     out = run(
-        "gpu_train.py", "run", str(data), "--size", "tiny", "--engine", "single", "--steps", "2", "--warmup", "1",
+        "gpu_train.py", "run", str(data), "--size", "tiny", "--steps", "2", "--warmup", "1",
         "--micro", "1", "--accum", "2", "--batch", "2", "--rows", "sdpa/chunked,eager/full",
         "--out", str(tmp_path / "r.json"),
     )  # fmt: skip
     assert "| plain HF loop, sdpa, padded" in out
-    assert "| sdpa/chunked | " in out and "| eager/full | " in out and "failed" not in out
+    assert "| sdpa/chunked (single) | " in out and "| eager/full (single) | " in out and "failed" not in out
     assert "| flex_attention | no backward on CPU |" in out
+    assert (tmp_path / "r.md").read_text().strip() in out  # the table is written beside the JSON too
     rows = {r["row"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    for r in rows.values():  # the time breakdown that explains a row, and its profiled step
+        assert r["forward_s"] > 0 and r["backward_s"] > 0 and r["optimizer_s"] >= 0
+        assert r["forward_s"] + r["backward_s"] + r["optimizer_s"] <= r["step_time_s"]
+        assert r["kernels"]["by_kind_s"]["matmul"] > 0
     # same model, data and seed: the loss does not depend on the attention kernel or the loss's chunking
     assert rows["sdpa/chunked"]["loss_first_last"] == pytest.approx(
         rows["eager/full"]["loss_first_last"], rel=1e-4

@@ -165,13 +165,18 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     loss_total = torch.zeros((), device=device)
     real = slots = 0
     data_wait = 0.0
+    clock = PhaseClock(device)
     for _ in range(t.grad_accum_steps):
         batch, waited = state.prefetcher.next()
         data_wait += waited
+        clock.mark()
         loss_sum, _ = strategy.engine(**batch.model_kwargs())
+        clock.mark("forward_s")
         # DeepSpeed averages gradients over workers: scale by world so the sum is the global mean.
         strategy.backward(loss_sum * world / global_tokens)
-        strategy.step()
+        clock.mark("backward_s")
+        strategy.step()  # the optimizer steps at the last micro-batch; ZeRO's reductions happen here and in backward
+        clock.mark("optimizer_s")
         loss_total += loss_sum.detach().float()
         real += batch.n_real
         slots += batch.slots
@@ -189,6 +194,7 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         "trained_tokens": global_tokens,
         "step_time_s": elapsed,
         "data_wait_s": data_wait,
+        **clock.totals(),
     }
     if device.type == "cuda":
         metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -198,6 +204,36 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         if val is not None:
             metrics["val_loss"] = val
     return metrics
+
+
+class PhaseClock:
+    """Seconds spent in each phase of a step (forward, backward, optimizer), summed over its micro-batches.
+
+    On a GPU it records CUDA events on the current stream and reads them once, after the step has synced
+    (``loss.item()``), so it adds no synchronisation; a phase's time is the stream's time between its marks,
+    host stalls included (an offloaded optimizer's CPU work shows in ``optimizer_s``). On a CPU, wall time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str | None, Any]] = []
+
+    def mark(self, phase: str | None = None) -> None:
+        """End ``phase`` (None: only start timing) and start the next one."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        else:
+            event = time.perf_counter()
+        self.marks.append((phase, event))
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (_, start), (phase, end) in zip(self.marks, self.marks[1:], strict=False):
+            if phase is None:
+                continue
+            seconds = start.elapsed_time(end) / 1e3 if self.cuda else end - start
+            out[phase] = out.get(phase, 0.0) + seconds
+        return out
 
 
 def validation_loss(state: TrainState) -> float | None:

@@ -8,6 +8,7 @@ partition only its slice of each weight, read memory-mapped from the safetensors
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ def load_partitioned(
     """
     from safetensors import safe_open
     from transformers import AutoConfig
-    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    try:  # transformers >= 5.2x: keeps zero.Init from casting RoPE's arange to bf16
+        from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    except ImportError:  # older (the GPU machine's 5.17): RoPE buffers as those versions build them
+        prevent_arange_dtype_change = contextlib.nullcontext
 
     try:
         from transformers.initialization import no_init_weights
