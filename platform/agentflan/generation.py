@@ -9,6 +9,7 @@ changes an answer. The exported model's config keeps the KV cache on, so ``gener
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,8 @@ def chat_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             for c in d["tool_calls"]:
                 fn = dict(c.get("function", c))
                 if isinstance(fn.get("arguments"), str):
-                    try:
+                    with contextlib.suppress(ValueError):  # else left as text, printed as it is
                         fn["arguments"] = json.loads(fn["arguments"])
-                    except ValueError:
-                        pass  # left as text: the template prints it as it is
                 calls.append({**c, "function": fn})
             d["tool_calls"] = calls
         out.append(d)
