@@ -38,6 +38,7 @@ Result = Reply | BackendFailure
 
 
 class Backend(Protocol):
+    syntax: str | None
     max_batches: int  # submitted batches worth having in flight at once (hf 1; openai: as many as come)
     context_length: int | None  # prompt + reply tokens the model holds, where known
 
@@ -51,9 +52,11 @@ def generate(backend: Backend, requests: Sequence[Request]) -> list[Result]:
     return [f.result() for f in backend.submit(requests)]
 
 
-def make_backend(cfg: BackendConfig, syntax: str, default_model: str | None = None) -> Backend:
+def make_backend(cfg: BackendConfig, syntax: str | None, default_model: str | None = None) -> Backend:
     """The backend ``cfg`` names. ``syntax`` is how calls are read from reply text (see
-    :func:`agentflan.calls.syntax_for`); ``default_model`` stands in for an unset hf ``model``."""
+    :func:`agentflan.calls.syntax_for`; None: not read, the reply is the raw text, and a server's
+    ``tool_calls`` come back as Hermes tags in it); ``default_model`` stands in for an unset hf ``model``.
+    A backend's ``syntax`` attribute may be changed later: eval hands its backend on to its rollouts."""
     if cfg.kind == "openai":
         from agentflan.backends.openai import OpenAIBackend
 

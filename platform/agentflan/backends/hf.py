@@ -50,7 +50,7 @@ class ModelWorker:
 class HFBackend:
     max_batches = 1  # requests that arrive while a batch generates wait and go together in the next
 
-    def __init__(self, cfg: BackendConfig, model_path: str, syntax: str) -> None:
+    def __init__(self, cfg: BackendConfig, model_path: str, syntax: str | None) -> None:
         self.syntax = syntax
         args = (model_path, cfg.model_dump(mode="json"))
         self._local: ModelWorker | None = None
@@ -73,7 +73,9 @@ class HFBackend:
         out: list[Result] = []
         for text, n_prompt, n_reply, finish in raw:
             if finish == "context_overflow":
-                out.append(BackendFailure("context_overflow", f"prompt of {n_prompt} tokens fills the context"))
+                out.append(
+                    BackendFailure("context_overflow", f"prompt of {n_prompt} tokens fills the context")
+                )
             else:
                 out.append(reply_from_text(text, self.syntax, finish, n_prompt, n_reply))
         return out
@@ -111,5 +113,3 @@ class HFBackend:
             for a in self._actors:
                 ray.kill(a)
             self._actors = []
-
-

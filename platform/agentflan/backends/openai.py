@@ -16,7 +16,7 @@ from agentflan.config import BackendConfig
 class OpenAIBackend:
     max_batches = 1 << 30  # every request goes at once; the client's pool holds max_in_flight of them
 
-    def __init__(self, cfg: BackendConfig, syntax: str) -> None:
+    def __init__(self, cfg: BackendConfig, syntax: str | None) -> None:
         self.client = OpenAIClient(cfg)
         self.syntax = syntax
         self.context_length = cfg.context_length

@@ -31,7 +31,14 @@ from agentflan.config import BackendConfig
 _RETRY_STATUS = frozenset({408, 429})
 _MAX_WAIT_S = 300.0  # a Retry-After longer than this is cut short (the retry may then fail)
 # How servers word "the prompt does not fit" in a 400 (vLLM, OpenAI, SGLang, TGI, llama.cpp).
-_OVERFLOW_WORDS = ("context length", "context_length", "maximum context", "too long", "exceeds", "max_model_len")
+_OVERFLOW_WORDS = (
+    "context length",
+    "context_length",
+    "maximum context",
+    "too long",
+    "exceeds",
+    "max_model_len",
+)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from agentflan.calls import from_openai, parse_calls
@@ -14,11 +15,14 @@ _HERMES_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.S)
 
 def reply_from_text(
     text: str,
-    syntax: str,
+    syntax: str | None,
     finish_reason: str | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
 ) -> Reply:
+    """``syntax`` None: the text as it is, no calls read (eval scores the raw text with its own rules)."""
+    if syntax is None:
+        return Reply(text, (), None, finish_reason, prompt_tokens, completion_tokens)
     calls = tuple(parse_calls(text, syntax))
     content = text
     if calls and syntax == "hermes":
@@ -31,7 +35,7 @@ def reply_from_text(
 def reply_from_server(
     content: str,
     tool_calls: list[dict] | None,
-    syntax: str,
+    syntax: str | None,
     reasoning: str | None = None,
     finish_reason: str | None = None,
     prompt_tokens: int | None = None,
@@ -39,9 +43,20 @@ def reply_from_server(
 ) -> Reply:
     """A server's answer: its ``tool_calls`` when it parsed any, else calls read from the text (a server with
     no tool parser for this model returns the calls as text)."""
+    if tool_calls and syntax is None:  # raw text wanted: the calls as Hermes tags, which eval's scorers read
+        tags = "".join(
+            f"\n<tool_call>\n{json.dumps({'name': c.name, 'arguments': c.arguments})}\n</tool_call>"
+            for c in from_openai(tool_calls)
+        )
+        return Reply(content + tags, (), reasoning, finish_reason, prompt_tokens, completion_tokens)
     if tool_calls:
         return Reply(
-            content, tuple(from_openai(tool_calls)), reasoning, finish_reason, prompt_tokens, completion_tokens
+            content,
+            tuple(from_openai(tool_calls)),
+            reasoning,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
         )
     r = reply_from_text(content, syntax, finish_reason, prompt_tokens, completion_tokens)
     return Reply(r.content, r.calls, reasoning, finish_reason, prompt_tokens, completion_tokens)

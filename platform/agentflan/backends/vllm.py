@@ -15,7 +15,7 @@ from agentflan.config import BackendConfig
 class VLLMBackend:
     max_batches = 1
 
-    def __init__(self, cfg: BackendConfig, model_path: str, syntax: str) -> None:
+    def __init__(self, cfg: BackendConfig, model_path: str, syntax: str | None) -> None:
         from vllm import LLM, SamplingParams
 
         kwargs = {"tensor_parallel_size": max(1, int(cfg.num_gpus)), **cfg.engine_kwargs}
@@ -42,7 +42,9 @@ class VLLMBackend:
             for i, o in zip(idx, outputs, strict=True):
                 c = o.outputs[0]
                 finish = "length" if c.finish_reason == "length" else "stop"
-                out[i] = reply_from_text(c.text, self.syntax, finish, len(o.prompt_token_ids), len(c.token_ids))
+                out[i] = reply_from_text(
+                    c.text, self.syntax, finish, len(o.prompt_token_ids), len(c.token_ids)
+                )
         return out
 
     def submit(self, requests: Sequence[Request]) -> list[Future[Result]]:
