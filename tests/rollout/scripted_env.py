@@ -109,3 +109,11 @@ def never_call_policy(messages: list[dict[str, Any]], tools: list[dict[str, Any]
 def looping_policy(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Reply:
     n = sum(1 for m in messages if m["role"] == "assistant")
     return Reply("", (ToolCall("add", {"amount": 0}, f"call_{n}"),))
+
+
+class ConfiguredCounter(Counter):
+    """Stands in for a named environment in CLI tests: takes whatever keys its config section has."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        super().__init__([{"target": i + 1, "category": "even" if i % 2 else "odd"} for i in range(4)])

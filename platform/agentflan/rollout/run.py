@@ -105,14 +105,14 @@ def run_rollouts(
     write_trajectories(results, out / "trajectories.jsonl")
     if cfg.rollout.keep != "none":
         report["kept"] = write_kept(results, out / "kept.jsonl", cfg.rollout.keep)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(rollout_report.markdown(report))
     run_id = log_to
     if run_id is None:
         run_id = tracking.start_run(cfg, f"{cfg.name}-rollout", tags={"agentflan.stage": "rollout"})
         tracking.client(cfg).set_terminated(run_id, "FINISHED")
+    report["mlflow_run_id"] = run_id
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(rollout_report.markdown(report))
     tracking.log_metrics(cfg, run_id, rollout_report.flat_metrics(report), step=0)
     for name in ("report.json", "report.md"):
         tracking.client(cfg).log_artifact(run_id, str(out / name), "rollout")
-    report["mlflow_run_id"] = run_id
     return report
