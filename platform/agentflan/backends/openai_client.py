@@ -30,7 +30,8 @@ from agentflan.config import BackendConfig
 # sending it again would fail again.
 _RETRY_STATUS = frozenset({408, 429})
 _MAX_WAIT_S = 300.0  # a Retry-After longer than this is cut short (the retry may then fail)
-# How servers word "the prompt does not fit" in a 400 (vLLM, OpenAI, SGLang, TGI, llama.cpp).
+# How servers word "the prompt does not fit" in a 400 (vLLM, OpenAI, SGLang, TGI, llama.cpp, and
+# `transformers serve`: "The prompt has N tokens, but the model takes at most L ... (`--max-model-len`)").
 _OVERFLOW_WORDS = (
     "context length",
     "context_length",
@@ -38,6 +39,7 @@ _OVERFLOW_WORDS = (
     "too long",
     "exceeds",
     "max_model_len",
+    "max-model-len",
 )
 
 
