@@ -166,8 +166,10 @@ def run_episodes(
     backend: Backend,
     max_live: int = 16,
     on_done: Callable[[EpisodeResult], None] = lambda r: None,
+    gather_s: float = 0.05,
 ) -> list[EpisodeResult]:
-    """Run every (environment, task) episode, ``max_live`` at a time; results in the order they finish."""
+    """Run every (environment, task) episode, ``max_live`` at a time; results in the order they finish.
+    ``gather_s``: how long an idle model waits for episodes still stepping to join its next batch."""
     queue = deque(work)
     results: list[EpisodeResult] = []
     pending: dict[Future, tuple[str, _Episode]] = {}  # future -> (kind, episode)
@@ -203,6 +205,11 @@ def run_episodes(
         if not pending:
             continue
         done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        stepping = [f for f, (kind, _) in pending.items() if kind != "model" and f not in done]
+        if stepping and len(batches) < backend.max_batches:
+            # The model is idle: give the episodes still stepping a moment to join the next batch, rather
+            # than send one episode now and the rest a whole generation later. A slow step is not waited for.
+            done |= wait(stepping, timeout=gather_s, return_when="ALL_COMPLETED")[0]
         for f in done:
             kind, ep = pending.pop(f)
             if kind == "model":
