@@ -95,10 +95,10 @@ class BackendConfig(_Strict):
             if old in v:
                 value = v.pop(old)
                 if len(path) == 1:
-                    v.setdefault(path[0], value)
+                    v[path[0]] = value
                 else:
                     section = dict(v.get(path[0]) or {})
-                    section.setdefault(path[1], value)
+                    section[path[1]] = value
                     v[path[0]] = section
         return v
 
@@ -107,6 +107,12 @@ class BackendConfig(_Strict):
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError("kind 'openai' needs `base_url` and `model`")
         return self
+
+    def revalidated(self) -> BackendConfig:
+        """This config validated again: a ``model_copy(update=...)`` skips validation, so an older flat key
+        given that way (``max_new_tokens``) would otherwise be ignored."""
+        extra = {k: v for k, v in vars(self).items() if k not in type(self).model_fields}
+        return type(self).model_validate({**self.model_dump(), **extra}) if extra else self
 
     def backend_fields(self) -> dict[str, Any]:
         """Only the :class:`BackendConfig` fields (a subclass such as the eval section has more)."""

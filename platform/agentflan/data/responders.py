@@ -177,7 +177,7 @@ _NOT_IN_KEY = frozenset(
 
 def responder_key(cfg: ResponderConfig) -> str:
     """The cache folder of a responder: its kind and a hash of the config fields its replies depend on."""
-    keyed = cfg.model_dump(mode="json", exclude=set(_NOT_IN_KEY))
+    keyed = cfg.revalidated().model_dump(mode="json", exclude=set(_NOT_IN_KEY))
     digest = hashlib.blake2b(json.dumps(keyed, sort_keys=True).encode(), digest_size=8).hexdigest()
     return f"{cfg.kind}-{digest}"
 
