@@ -112,10 +112,11 @@ def timed(backend: Any, episodes: int, live: int, turns: int) -> tuple[float, in
     return secs, sum(r.steps for r in results)
 
 
-def serve(model: Path, port: int) -> subprocess.Popen:
+def serve(model: Path, port: int, batching: bool) -> subprocess.Popen:
     cli = Path(sys.executable).with_name("transformers")
+    flags = ["--continuous-batching"] if batching else []
     proc = subprocess.Popen([str(cli), "serve", str(model), "--port", str(port), "--device", "cpu",
-                             "--dtype", "float32"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                             "--dtype", "float32", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     for _ in range(180):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a model actor gets 1 CPU)")
     ap.add_argument("--serve", action="store_true", help="also the openai backend against transformers serve")
+    ap.add_argument("--continuous-batching", action="store_true", help="transformers serve batches requests")
+    ap.add_argument("--no-hf", action="store_true", help="only the openai arms")
     args = ap.parse_args()
 
     import torch
@@ -149,7 +152,7 @@ def main() -> None:
     hf = make_backend(BackendConfig(model=str(model), num_actors=0, batch_size=args.live, sampling=sampling),
                       "hermes")  # fmt: skip
     timed(hf, 2, 2, 1)  # warm-up
-    for label, live in (("hf, one at a time", 1), (f"hf, batched ({args.live} live)", args.live)):
+    for label, live in (("hf, one at a time", 1), (f"hf, batched ({args.live} live)", args.live))[: 0 if args.no_hf else 2]:
         secs, steps = timed(hf, args.episodes, live, args.turns)
         rows.append((label, secs, steps))
     hf.close()
@@ -157,7 +160,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = serve(model, port)
+        proc = serve(model, port, args.continuous_batching)
         try:
             cfg = BackendConfig(kind="openai", model=str(model), base_url=f"http://127.0.0.1:{port}/v1",
                                 max_in_flight=args.live, timeout_s=300, sampling=sampling)  # fmt: skip

@@ -41,6 +41,7 @@ class Backend(Protocol):
     syntax: str | None
     max_batches: int  # submitted batches worth having in flight at once (hf 1; openai: as many as come)
     context_length: int | None  # prompt + reply tokens the model holds, where known
+    max_new_tokens: int | None  # the reply length limit (a reply cut below it was cut by the context)
 
     def submit(self, requests: Sequence[Request]) -> list[Future[Result]]: ...
 

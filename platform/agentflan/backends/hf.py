@@ -52,6 +52,7 @@ class HFBackend:
 
     def __init__(self, cfg: BackendConfig, model_path: str, syntax: str | None) -> None:
         self.syntax = syntax
+        self.max_new_tokens = cfg.sampling.max_new_tokens
         args = (model_path, cfg.model_dump(mode="json"))
         self._local: ModelWorker | None = None
         self._actors: list[Any] = []

@@ -19,6 +19,7 @@ class OpenAIBackend:
     def __init__(self, cfg: BackendConfig, syntax: str | None) -> None:
         self.client = OpenAIClient(cfg)
         self.syntax = syntax
+        self.max_new_tokens = cfg.sampling.max_new_tokens
         self.context_length = cfg.context_length
 
     def _result(self, answer: Completion | ClientFailure) -> Result:

@@ -27,6 +27,7 @@ class VLLMBackend:
             temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=s.seed
         )
         self.syntax = syntax
+        self.max_new_tokens = cfg.sampling.max_new_tokens
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vllm")
 

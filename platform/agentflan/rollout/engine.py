@@ -99,14 +99,14 @@ class _Episode:
         self.turn_steps = 0
         self.tools = list(self.env.tools())
 
-    def step(self, reply: Reply, context_length: int | None) -> None:
+    def step(self, reply: Reply, context_length: int | None, max_new_tokens: int | None) -> None:
         assert self.env is not None
         self.steps += 1
         self.turn_steps += 1
         self.prompt_tokens += reply.prompt_tokens or 0
         self.completion_tokens += reply.completion_tokens or 0
         self.messages.append(reply.message())
-        if _overflowed(reply, context_length):
+        if _overflowed(reply, context_length, max_new_tokens):
             self.reason = "context_overflow"
             self.detail = "reply cut at the context's end with no call that can be read"
             return
@@ -151,14 +151,18 @@ class _Episode:
         )
 
 
-def _overflowed(reply: Reply, context_length: int | None) -> bool:
-    """Cut at the length limit with nothing that can be executed, where the context (when known) is full:
-    the conversation no longer fits, so another step would only be cut again."""
+def _overflowed(reply: Reply, context_length: int | None, max_new_tokens: int | None) -> bool:
+    """Cut at the length limit with nothing that can be executed, and cut by the context, not by
+    ``max_new_tokens``: the conversation no longer fits, so another step would only be cut again. Where the
+    context is unknown (a server), a reply shorter than ``max_new_tokens`` was cut by it; a reply without
+    token counts is taken as cut by it."""
     if reply.finish_reason != "length" or any(c.error is None for c in reply.calls):
         return False
-    if context_length is None or reply.prompt_tokens is None or reply.completion_tokens is None:
+    if reply.prompt_tokens is None or reply.completion_tokens is None:
         return True
-    return reply.prompt_tokens + reply.completion_tokens >= context_length
+    if context_length is not None:
+        return reply.prompt_tokens + reply.completion_tokens >= context_length
+    return max_new_tokens is None or reply.completion_tokens < max_new_tokens
 
 
 def run_episodes(
@@ -178,6 +182,7 @@ def run_episodes(
     batch_of: dict[Future, int] = {}
     live = 0
     context_length = getattr(backend, "context_length", None)
+    max_new_tokens = getattr(backend, "max_new_tokens", None)
 
     def env_work(ep: _Episode, kind: str, fn: Callable[..., Any], *args: Any) -> None:
         pending[ep.thread.submit(fn, *args)] = (kind, ep)
@@ -222,7 +227,7 @@ def run_episodes(
                     ep.fail(answer.reason, answer.detail)
                     env_work(ep, "verdict", ep.verdict)
                 else:
-                    env_work(ep, "step", ep.step, answer, context_length)
+                    env_work(ep, "step", ep.step, answer, context_length, max_new_tokens)
             elif kind == "verdict":
                 if (error := f.exception()) is not None:
                     ep.fail("env_error", error)
