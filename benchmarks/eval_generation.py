@@ -45,7 +45,7 @@ def main() -> None:
                                   max_per_source=e.max_tool_use_per_source, output_format=e.output_format)  # fmt: skip
     prompts = [s.messages for s in [*agent_h.samples, *tool_use.samples]][: args.limit]
 
-    gen = ChatGenerator(str(args.model), e.max_new_tokens, e.batch_size, "cpu")
+    gen = ChatGenerator(str(args.model), e.sampling.max_new_tokens, e.batch_size, "cpu")
     results = {}
     for use_cache in (True, False):
         gen.model.generation_config.use_cache = use_cache
@@ -54,7 +54,7 @@ def main() -> None:
         results[use_cache] = (time.perf_counter() - t0, replies)
     same = results[True][1] == results[False][1]
     print(
-        f"{len(prompts)} prompts, max_new_tokens {e.max_new_tokens}, batch {e.batch_size}, {args.threads} thread(s)\n"
+        f"{len(prompts)} prompts, max_new_tokens {e.sampling.max_new_tokens}, batch {e.batch_size}, {args.threads} thread(s)\n"
     )
     print("| KV cache | seconds | replies/s |")
     print("|---|---|---|")

@@ -3,6 +3,7 @@
     agentflan data SPEC.yaml [key=value ...]     build the Agent-FLAN corpus
     agentflan train SPEC.yaml [key=value ...]    fine-tune on it (builds the corpus first if needed)
     agentflan eval SPEC.yaml [model=PATH] [key=value ...]   Agent-H, tool use, held-out loss
+    agentflan rollout SPEC.yaml [key=value ...]  multi-turn episodes in rollout.envs against rollout.backend
     agentflan run SPEC.yaml [key=value ...]      the whole job: corpus -> train -> eval
     agentflan tune SPEC.yaml SPACE.yaml [key=value ...]   a Ray Tune study (tune_spaces/), e.g. an ablation
     agentflan bfcl DATA_DIR REPLIES.jsonl          score any model's replies the way BFCL does
@@ -140,6 +141,24 @@ def cmd_eval(cfg: Config, console: Console) -> int:
     return 0
 
 
+def cmd_rollout(cfg: Config, console: Console) -> int:
+    from agentflan.rollout.report import markdown
+    from agentflan.rollout.run import run_rollouts
+
+    if not cfg.rollout.envs:
+        raise UsageError("rollout.envs is empty: name the environments, e.g. rollout.envs=[agentbench_db]")
+    try:
+        report = run_rollouts(cfg, progress=console)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    out = Path(cfg.output_dir) / "rollout"
+    console.print(markdown(report))
+    kept = f"   kept: {out / 'kept.jsonl'} ({report['kept']})" if "kept" in report else ""
+    console.print(f"report: {out / 'report.md'}   trajectories: {out / 'trajectories.jsonl'}{kept}")
+    console.print(f"mlflow run: {report['mlflow_run_id']}")
+    return 0
+
+
 def cmd_run(cfg: Config, console: Console) -> int:
     """corpus -> train -> eval: a current corpus is reused, and training resumes from its last checkpoint."""
     if (code := cmd_train(cfg, console)) != 0:
@@ -216,7 +235,7 @@ def cmd_bfcl(data_dir: str, replies_path: str, categories: list[str] | None) -> 
     return 0
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "run": cmd_run}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "rollout": cmd_rollout, "run": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         ("data", "build the Agent-FLAN corpus"),
         ("train", "fine-tune on the corpus"),
         ("eval", "evaluate a model: Agent-H, tool use, held-out loss (model=PATH)"),
+        ("rollout", "multi-turn rollouts: rollout.envs against rollout.backend (rollout.keep=passed: data)"),
         ("run", "the whole job: corpus -> train -> eval"),
         ("tune", "a Ray Tune study over the mixture (SPACE: tune_spaces/*.yaml)"),
     ):

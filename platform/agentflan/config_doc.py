@@ -8,6 +8,7 @@ A test fails when docs/config.md differs from what this prints, so the reference
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 from pydantic import BaseModel
@@ -18,7 +19,7 @@ from agentflan.config import Config
 
 def _type_name(annotation: object) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    return text or str(annotation).replace("typing.", "").replace("agentflan.config.", "")
+    return text or re.sub(r"agentflan\.config\.(\w+\.)?", "", str(annotation).replace("typing.", ""))
 
 
 def _default(field) -> str:

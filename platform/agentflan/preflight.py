@@ -94,8 +94,11 @@ def check_models(cfg: Config, command: str) -> None:
         check_model_path("train.model.tokenizer", m.tokenizer)
     if command in ("data", "train", "run", "tune") and cfg.data.negatives.responder.kind in ("hf", "vllm"):
         check_model_path("data.negatives.responder.model", cfg.data.negatives.responder.model)
-    if command == "eval" and cfg.eval.model:
+    if command == "eval" and cfg.eval.model and cfg.eval.kind == "hf":
         check_model_path("model", cfg.eval.model)
+    backend = cfg.rollout.backend
+    if command in ("rollout", "eval") and cfg.rollout.envs and backend.kind == "hf" and backend.model:
+        check_model_path("rollout.backend.model", backend.model)
 
 
 def require_module(module: str, key: str) -> None:
@@ -131,6 +134,8 @@ def preflight(cfg: Config, command: str) -> None:
     from agentflan.data.pipeline import PipelineError, resolve_inputs
 
     if command in ("data", "train", "run", "tune"):
+        if not cfg.data.inputs:
+            raise PreflightError(f"data.inputs: `agentflan {command}` needs inputs (the spec has none)")
         try:
             files = resolve_inputs(cfg.data.inputs)
         except PipelineError as e:

@@ -115,7 +115,7 @@ def vllm_processor(r: ResponderConfig) -> Processor:
     )
     return build_processor(
         config,
-        preprocess=lambda row: vllm_preprocess(row, r.max_new_tokens),
+        preprocess=lambda row: vllm_preprocess(row, r.sampling.max_new_tokens),
         postprocess=vllm_postprocess,
     )
 

@@ -157,7 +157,7 @@ def _pass_b(
             {},
             constructor={"cfg": cfg, "tool_pool": pool, "out_dir": str(out), "cache_dir": cache_dir},
             actors=responder.num_actors,
-            gpus_per_actor=responder.num_gpus,
+            gpus_per_actor=responder.num_gpus if responder.use_gpu else 0,
         )
     elif engine == "ray":
         kwargs = {"cfg": cfg, "tool_pool": pool, "out_dir": str(out), "cache_dir": cache_dir}

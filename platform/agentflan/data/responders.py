@@ -16,18 +16,11 @@ same decomposed corpus, so :class:`CachedResponder` keeps them on disk, keyed by
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
-import random
-import time
-import urllib.error
-import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -120,7 +113,10 @@ class HFResponder:
             from agentflan.generation import ChatGenerator
 
             model = str(self.cfg.model)  # the config requires one for kind hf
-            self._generator = ChatGenerator(model, self.cfg.max_new_tokens, self.cfg.batch_size)
+            s = self.cfg.sampling
+            self._generator = ChatGenerator(
+                model, s.max_new_tokens, self.cfg.batch_size, temperature=s.temperature, top_p=s.top_p
+            )
         return self._generator
 
     def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
@@ -132,97 +128,25 @@ class HFResponder:
         )
 
 
-# Worth another try: the server is busy or down for a moment. Any other 4xx is our request's fault, and
-# sending it again would fail again.
-_RETRY_STATUS = frozenset({408, 429})
-_MAX_WAIT_S = 300.0  # a Retry-After longer than this is cut short (the retry may then fail: quarantined)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for: a number of seconds, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-class _Transient(Exception):
-    """A failed attempt that may succeed later; ``wait`` is the server's Retry-After, if it sent one."""
-
-    def __init__(self, detail: str, wait: float | None = None) -> None:
-        super().__init__(detail)
-        self.wait = wait
-
-
 class OpenAIResponder:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, llama.cpp server).
-
-    A batch goes out ``concurrency`` requests at a time (a server batches concurrent requests itself). A
-    connection error, timeout, 408, 429 or 5xx is retried up to ``max_retries`` times, waiting what the
-    server's ``Retry-After`` asks, else ``retry_backoff_s`` doubled per attempt with jitter (so that workers
-    hit by the same outage do not all come back at once). A request that still fails, or gets any other
-    4xx, or an unreadable answer, comes back as a :class:`ResponderFailure`: the rest of the batch is kept.
-    """
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, llama.cpp server), through the
+    shared :class:`~agentflan.backends.openai_client.OpenAIClient`: a batch goes out ``max_in_flight``
+    requests at a time, with its retries and Retry-After; a request that still fails comes back as a
+    :class:`ResponderFailure` (the rest of the batch is kept)."""
 
     def __init__(self, cfg: ResponderConfig) -> None:
+        from agentflan.backends.openai_client import OpenAIClient
+
         self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
-        self.key = os.environ.get(cfg.api_key_env, "")
-        self._jitter = random.Random()  # timing only: replies do not depend on it
-
-    def _attempt(self, req: NegativeRequest) -> str:
-        body = {
-            "model": self.cfg.model,
-            "messages": [{"role": m.role, "content": m.content} for m in req.messages],
-            "max_tokens": self.cfg.max_new_tokens,
-            "temperature": 0,
-        }
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        post = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
-        try:
-            with urllib.request.urlopen(post, timeout=self.cfg.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            with e:
-                detail = f"HTTP {e.code}: {e.read()[:200].decode(errors='replace').strip()}"
-            if e.code in _RETRY_STATUS or e.code >= 500:
-                raise _Transient(
-                    detail, _retry_after(e.headers.get("Retry-After") if e.headers else None)
-                ) from None
-            raise ValueError(detail) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            raise _Transient(f"{type(e).__name__}: {e}") from None
-        try:
-            return str(json.loads(raw)["choices"][0]["message"]["content"] or "").strip()
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ValueError(f"unreadable reply ({type(e).__name__}: {e}): {raw[:200]!r}") from None
-
-    def _one(self, req: NegativeRequest) -> Reply:
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                return self._attempt(req)
-            except ValueError as e:
-                return ResponderFailure(str(e))
-            except _Transient as e:
-                if attempt == self.cfg.max_retries:
-                    return ResponderFailure(f"{e} (after {attempt + 1} attempts)")
-                backoff = self.cfg.retry_backoff_s * 2**attempt * self._jitter.uniform(0.5, 1.5)
-                time.sleep(min(_MAX_WAIT_S, e.wait if e.wait is not None else backoff))
-        raise AssertionError("unreachable")
+        self.client = OpenAIClient(cfg)
 
     def respond(self, requests: list[NegativeRequest]) -> list[Reply]:
-        if len(requests) <= 1:
-            return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+        from agentflan.backends.openai_client import ClientFailure
+
+        answers = self.client.complete_many(
+            [([{"role": m.role, "content": m.content} for m in r.messages], None) for r in requests]
+        )
+        return [ResponderFailure(a.reason) if isinstance(a, ClientFailure) else a.content for a in answers]
 
 
 NOT_GENERATED = "the batch engine wrote no reply for this request"
@@ -240,13 +164,20 @@ class Unanswered:
 # ResponderConfig fields that do not change what a model replies: left out of the cache key, so tuning
 # them keeps the cache. Everything else (a new field too, until it is listed here) is in the key.
 _NOT_IN_KEY = frozenset(
-    {"api_key_env", "batch_size", "timeout_s", "concurrency", "max_retries", "retry_backoff_s"}
+    {
+        "api_key_env",
+        "batch_size",
+        "timeout_s",
+        "max_in_flight",
+        "max_retries",
+        "retry_backoff_s",
+    }
 )
 
 
 def responder_key(cfg: ResponderConfig) -> str:
     """The cache folder of a responder: its kind and a hash of the config fields its replies depend on."""
-    keyed = cfg.model_dump(mode="json", exclude=set(_NOT_IN_KEY))
+    keyed = cfg.revalidated().model_dump(mode="json", exclude=set(_NOT_IN_KEY))
     digest = hashlib.blake2b(json.dumps(keyed, sort_keys=True).encode(), digest_size=8).hexdigest()
     return f"{cfg.kind}-{digest}"
 

@@ -2,8 +2,10 @@
 
 1. Agent-H and the tool-use set are built deterministically from ``eval.data_dir``, excluding every user
    query of the training corpus under ``output_dir`` (the sets are disjoint from training).
-2. Replies are generated greedily with HF transformers as a Ray Data ``map_batches`` over an actor pool:
-   each actor loads the model once (on one GPU when ``eval.use_gpu``) and answers batches of prompts.
+2. Replies come from one backend made for the whole run (``eval``'s backend keys; :mod:`agentflan.backends`):
+   by default the exported model on long-lived Ray actors, each loading it once (on a GPU with
+   ``eval.use_gpu``); or any OpenAI-compatible server (``eval.kind: openai``). With ``rollout.envs`` set, the
+   same run then plays the rollouts (:mod:`agentflan.rollout.run`).
 3. Scores: Agent-H (H_ReAct, H_General, H_Score, missed calls, combined), tool use (retrieval,
    understanding, instruction following) and the held-out loss per capability on the corpus's validation
    split.
@@ -14,37 +16,35 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentflan.backends import Backend, BackendFailure, Result, make_backend
 from agentflan.config import Config
 from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
+from agentflan.data.record import Record
 from agentflan.eval import bfcl, bfcl_data
 from agentflan.eval.agent_h import build_agent_h
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.heldout import heldout_records, validation_loss
 from agentflan.eval.quality import degenerate_count, too_weak
+from agentflan.eval.report import flat_metrics, markdown_report
 from agentflan.eval.sources import EvalSources, prompt_tools, training_queries
 from agentflan.eval.stats import wilson
 from agentflan.eval.tool_calls import build_tool_use_set, score_tool_use
 
 
-class _Generate:
-    """Ray Data actor: loads the model once, answers a batch of prompts."""
+def eval_backend(cfg: Config, model_path: str) -> Backend:
+    """The model eval talks to (``eval``'s backend keys): made once per run, so an hf model loads once per
+    actor however many prompts, rollouts included, it answers."""
+    return make_backend(cfg.eval, None, model_path)
 
-    def __init__(self, model_path: str, max_new_tokens: int, batch_size: int, use_gpu: bool) -> None:
-        from agentflan.generation import ChatGenerator
 
-        self.gen = ChatGenerator(model_path, max_new_tokens, batch_size, "cuda" if use_gpu else "cpu")
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        replies = self.gen.generate(
-            [json.loads(m) for m in batch["messages"]], [json.loads(t) for t in batch["tools"]]
-        )
-        return {"id": list(batch["id"]), "reply": replies}
+def reply_text(answer: Result) -> str:
+    """The raw reply eval scores; a request the backend could not answer scores as an empty reply."""
+    return "" if isinstance(answer, BackendFailure) else answer.content
 
 
 def generate(
@@ -53,170 +53,39 @@ def generate(
     prompts: dict[str, list[dict[str, str]]],
     on_reply: Callable[[int], None] = lambda n: None,
     tools: dict[str, list[dict[str, Any]] | None] | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, str]:
-    """Greedy replies to every prompt, on a Ray Data actor pool. Prompts go in longest first, so a batch holds
-    prompts of similar length (less left padding) and the slowest batches start first; ``on_reply`` is
-    told how many replies have arrived (the console's progress bar). ``tools[id]``, where given, is offered
+    """Replies to every prompt from ``backend`` (else a new :func:`eval_backend`, closed afterwards). Prompts go
+    in longest first, in slices of a batch per actor, so a batch holds prompts of similar length and
+    ``on_reply`` (the console's progress bar) hears as each slice lands. ``tools[id]``, where given, is offered
     natively (``tools=``) to that prompt."""
-    import ray
-
-    from agentflan.ray_utils import ensure_ray
-
-    ensure_ray()
-    e = cfg.eval
+    own = backend is None
+    backend = backend or eval_backend(cfg, model_path)
     tools = tools or {}
-    items = [
-        {"id": k, "messages": json.dumps(v), "tools": json.dumps(tools.get(k))} for k, v in prompts.items()
-    ]
-    items.sort(key=lambda it: (-len(it["messages"]), it["id"]))
-    ds = ray.data.from_items(items).map_batches(
-        _Generate,
-        fn_constructor_kwargs={
-            "model_path": model_path,
-            "max_new_tokens": e.max_new_tokens,
-            "batch_size": e.batch_size,
-            "use_gpu": e.use_gpu,
-        },
-        batch_size=e.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=e.num_actors),
-        num_gpus=1 if e.use_gpu else 0,
-        batch_format="numpy",
-    )
-    replies = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        replies.update(zip(batch["id"].tolist(), batch["reply"].tolist(), strict=True))
-        on_reply(len(replies))
+    ids = sorted(prompts, key=lambda k: (-len(json.dumps(prompts[k])), k))
+    step = cfg.eval.batch_size * max(1, cfg.eval.num_actors) if cfg.eval.kind != "openai" else len(ids) or 1
+    futures = []
+    try:
+        for start in range(0, len(ids), step):
+            part = ids[start : start + step]
+            futures += zip(part, backend.submit([(prompts[k], tools.get(k)) for k in part]), strict=True)
+        replies: dict[str, str] = {}
+        for k, f in futures:
+            replies[k] = reply_text(f.result())
+            on_reply(len(replies))
+    finally:
+        if own:
+            backend.close()
     return replies
 
 
-def _interval_cell(iv: dict[str, Any] | None) -> str:
-    if not iv or iv.get("value") is None:
-        return "- | - | " + str((iv or {}).get("n", 0))
-    return f"{iv['value']:.3f} | [{iv['low']:.3f}, {iv['high']:.3f}] | {iv['n']}"
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The report for people: every rate with its 95% interval and n, and a plain verdict on whether the
-    model says enough for Agent-H to mean anything."""
-    h = report["agent_h"]
-    q = report["quality"]
-    lines = [f"# Evaluation of `{report['model']}`", ""]
-    if q["too_weak"]:
-        lines += [
-            f"> **The model is too weak for Agent-H to mean anything:** {q['degenerate']} of its {q['n']} replies "
-            f"({q['degenerate'] / q['n']:.0%}) are degenerate (empty, or one word or 3-gram repeated over half "
-            "the reply). A model that says nothing contains no ReAct words and announces no tool, so its "
-            "H_Score would be perfect for the wrong reason: no Agent-H verdict is given. Train longer or larger.",
-            "",
-        ]
-    lines += [
-        "## Replies",
-        "",
-        "| replies | degenerate | degenerate_reply_rate | 95% CI | n |",
-        "|---|---|---|---|---|",
-        f"| {q['n']} | {q['degenerate']} | {_interval_cell(q['degenerate_reply_rate'])} |",
-        "",
-        "## Agent-H (hallucination)",
-        "",
-        "| score | value | 95% CI | n |",
-        "|---|---|---|---|",
-    ]
-    names = {
-        "h_react": "H_ReAct",
-        "h_general": "H_General",
-        "h_score": "H_Score",
-        "missed_call_rate": "missed-call rate (d)",
-        "combined": "combined",
-        "plain_call_rate": "plain-call rate (a-c)",
-        "irrelevance_rate": "irrelevance rate (b, c: no call)",
-    }
-    for key, label in names.items():
-        iv = dict(h["intervals"].get(key, {}))
-        if q["too_weak"] and key in ("h_score", "combined"):
-            lines.append(f"| {label} | not scored: model too weak | - | {iv.get('n', 0)} |")
-        else:
-            lines.append(f"| {label} | {_interval_cell(iv)} |")
-    lines += [
-        "",
-        "| case | n | ReAct words | rate [95% CI] | tool phrases | rate [95% CI] | calls | rate [95% CI] |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for case, c in sorted(h["per_case"].items()):
-        cells = []
-        for key, rate in (("react", "react_rate"), ("general", "general_rate"), ("calls", "call_rate")):
-            iv = c.get("intervals", {}).get(rate, {})
-            ci = "-" if iv.get("value") is None else f"{iv['value']:.2f} [{iv['low']:.2f}, {iv['high']:.2f}]"
-            cells += [str(c.get(key, 0)), ci]
-        lines.append(f"| {case} | {c.get('n', 0)} | " + " | ".join(cells) + " |")
-    t = report["tool_use"]["overall"]
-    lines += ["", "## Tool use", "", "| score | value | 95% CI | n |", "|---|---|---|---|"]
-    for key, label in (
-        ("retrieval", "retrieval (tool name)"),
-        ("understanding_exact", "understanding (arguments exact)"),
-        ("understanding_f1", "understanding (argument F1)"),
-        ("instruction_following", "instruction following (valid call)"),
-    ):
-        lines.append(f"| {label} | {_interval_cell(t['intervals'].get(key))} |")
-    if report.get("bfcl"):
-        lines += [
-            "",
-            "## BFCL (AST checker rules)",
-            "",
-            "| category | accuracy | 95% CI | n |",
-            "|---|---|---|---|",
-        ]
-        for category, iv in report["bfcl"]["summary"].items():
-            lines.append(f"| {category} | {_interval_cell(iv)} |")
-    lines += [
-        "",
-        "## Held-out loss per capability",
-        "",
-        "| capability | loss | tokens |",
-        "|---|---|---|",
-    ]
-    for cap, v in report["validation_loss"].items():
-        lines.append(f"| {cap} | {v['loss']:.4f} | {v['tokens']} |")
-    if report.get("plots"):
-        lines += ["", "## Plots"]
-        for title, path in report["plots"].items():
-            lines += ["", f"![{title}]({path})"]
-    return "\n".join(lines) + "\n"
-
-
-def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.* and each rate's
-    interval as ``<name>.ci_low`` / ``.ci_high`` (None and NaN left out)."""
-    sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
-    out: dict[str, float] = {}
-    for name, d in sections.items():
-        for k, v in d.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[f"{name}.{k}"] = float(v)
-        for k, iv in d.get("intervals", {}).items():
-            for end in ("low", "high"):
-                if iv.get(end) is not None:
-                    out[f"{name}.{k}.ci_{end}"] = float(iv[end])
-    out.update({f"val_loss.{cap}": v["loss"] for cap, v in report["validation_loss"].items()})
-    for category, iv in (report.get("bfcl") or {}).get("summary", {}).items():
-        if iv.get("value") is not None:
-            out[f"bfcl.{category}"] = float(iv["value"])
-            out[f"bfcl.{category}.ci_low"], out[f"bfcl.{category}.ci_high"] = (
-                float(iv["low"]),
-                float(iv["high"]),
-            )
-    q = report["quality"]
-    out["quality.degenerate_reply_rate"] = float(q["degenerate_reply_rate"]["value"] or 0.0)
-    out["quality.too_weak"] = float(q["too_weak"])
-    return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
 def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    from agentflan import tracking
-
     out = Path(cfg.output_dir)
     e = cfg.eval
     model_path = e.model or str(out / "model")
-    if not (Path(model_path) / "config.json").exists() and not e.model:
+    if e.kind == "hf" and not (Path(model_path) / "config.json").exists() and not e.model:
         raise FileNotFoundError(f"no model at {model_path}: train first, or pass model=PATH")
     eval_dir = out / "eval"
     progress("eval: building Agent-H and tool-use sets (disjoint from the training corpus)")
@@ -253,13 +122,41 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
             {f"bfcl/{qid}": bfcl_data.openai_tools(item[1]["function"]) for qid, item in bfcl_set.items()}
         )
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
+    backend = eval_backend(cfg, model_path)
+    try:
+        return _score_and_log(
+            cfg, progress, backend, model_path, prompts, native_tools, agent_h, tool_use, bfcl_set, corpus
+        )
+    finally:
+        backend.close()
+
+
+def _score_and_log(
+    cfg: Config,
+    progress: Callable[[str], None],
+    backend: Backend,
+    model_path: str,
+    prompts: dict[str, Any],
+    native_tools: dict[str, Any] | None,
+    agent_h: Any,
+    tool_use: Any,
+    bfcl_set: dict[str, tuple],
+    corpus: list[Record],
+) -> dict[str, Any]:
+    from agentflan import tracking
+
+    out = Path(cfg.output_dir)
+    e = cfg.eval
+    eval_dir = out / "eval"
     replies = generate(
         cfg,
         model_path,
         prompts,
         lambda n: count(progress, "eval: generate", n, len(prompts), unit="replies"),
         native_tools,
+        backend,
     )
+    rollouts = _rollouts(cfg, model_path, backend, progress)
     progress("eval: scoring")
     every = list(replies.values())
     degenerate = degenerate_count(every)
@@ -297,12 +194,38 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
         run_id = tracking.start_run(cfg, f"{cfg.name}-eval", tags={"agentflan.stage": "eval"})
         tracking.client(cfg).set_terminated(run_id, "FINISHED")
     tracking.log_metrics(cfg, run_id, flat_metrics(report), step=0)
+    if rollouts is not None:
+        report["rollout"] = rollouts(run_id)
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.json"), "eval")
     tracking.client(cfg).log_artifact(run_id, str(eval_dir / "report.md"), "eval")
     for rel in report["plots"].values():
         tracking.client(cfg).log_artifact(run_id, str((eval_dir / rel).resolve()), "plots")
     report["mlflow_run_id"] = run_id
     return report
+
+
+def _rollouts(
+    cfg: Config, model_path: str, backend: Backend, progress: Callable[[str], None]
+) -> Callable[[str], dict[str, Any]] | None:
+    """With ``rollout.envs`` set: the rollouts, to run once the eval's MLflow run is known. Eval's backend
+    plays them when ``rollout.backend`` names the same model (no second load), else their own does."""
+    if not cfg.rollout.envs:
+        return None
+    from agentflan.calls import syntax_for
+    from agentflan.rollout.run import model_path as rollout_model
+    from agentflan.rollout.run import run_rollouts
+
+    rb = cfg.rollout.backend
+    same = rb.kind == cfg.eval.kind == "hf" and rollout_model(cfg) == model_path
+    same = same and rb.backend_fields() | {"model": None} == cfg.eval.backend_fields() | {"model": None}
+
+    def run(run_id: str) -> dict[str, Any]:
+        if not same:
+            return run_rollouts(cfg, progress, log_to=run_id)
+        backend.syntax = syntax_for(cfg.data.call_format, cfg.train.model.template)
+        return run_rollouts(cfg, progress, backend=backend, log_to=run_id)
+
+    return run
 
 
 def _plots(report: dict[str, Any], out: Path) -> dict[str, str]:

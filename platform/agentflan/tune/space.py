@@ -58,7 +58,7 @@ _RELATIVE = re.compile(r"^x(\d+(?:\.\d*)?|\.\d+)$")
 METRIC = re.compile(
     r"^(val_loss|loss|step|trial_seconds|val_loss\.\w+|quality\.degenerate_reply_rate"
     r"|(agent_h\.(h_react|h_general|h_score|missed_call_rate|combined|plain_call_rate|irrelevance_rate)"
-    r"|bfcl\.\w+"
+    r"|bfcl\.\w+|rollout\.\w+\.\w+"
     r"|tool_use\.(retrieval|understanding_exact|understanding_f1|instruction_following))(\.ci_(low|high))?"
     r"|tool_use\.n)$"
 )
@@ -216,7 +216,7 @@ def _check(space: SearchSpace, spec: Config) -> None:
     needs_eval = [
         m
         for m in [space.objective.metric, *space.report.columns]
-        if m.split(".")[0] in ("agent_h", "tool_use")
+        if m.split(".")[0] in ("agent_h", "tool_use", "rollout")
     ]
     if needs_eval and not spec.tune.evaluate:
         raise SpaceError(f"objective/report use {needs_eval[0]}, but tune.evaluate is false")
