@@ -15,9 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from agentflan.calls.fences import unfence
+from agentflan.calls.python_calls import parse_python
 from agentflan.calls.types import ToolCall
 
-_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?[ \t]*```$", re.S)
 _NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')  # the name of a call whose JSON does not parse
 _ARGS_TAIL = re.compile(r'"arguments"\s*:\s*(.*?)[\s`]*$', re.S)  # ... and the text of its arguments
 _DECODER = json.JSONDecoder()
@@ -26,13 +27,6 @@ _GLAIVE_QUOTED = re.compile(r'"name"\s*:\s*"([^"]+)"\s*,\s*"arguments"\s*:\s*\'(
 _TAG_OPEN, _TAG_CLOSE = "<tool_call>", "</tool_call>"
 _GLAIVE_OPEN, _GLAIVE_END = "<functioncall>", "<|endoftext|>"
 _PYTHON_TAG = "<|python_tag|>"
-
-
-def unfence(text: str) -> str:
-    """The text inside a single Markdown code fence that is the whole text (any language tag), else the text."""
-    t = text.strip()
-    m = _FENCE.match(t)
-    return m.group(1).strip() if m else t
 
 
 def whole_json(text: str) -> tuple[bool, Any]:
@@ -218,8 +212,6 @@ def parse_llama31(text: str, id_prefix: str = "call_") -> list[ToolCall]:
         start = body.index(_PYTHON_TAG) + len(_PYTHON_TAG)
         after = body[start:].strip()
         if not after.startswith(("{", "[")):
-            from agentflan.calls.python_calls import parse_python
-
             return [
                 replace(c, name=c.name.removesuffix(".call") if c.name else c.name, syntax="llama31",
                         span=(c.span[0] + shift, c.span[1] + shift) if c.span else None)  # fmt: skip

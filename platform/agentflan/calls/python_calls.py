@@ -18,7 +18,7 @@ import operator
 import re
 from typing import Any
 
-from agentflan.calls.json_calls import unfence
+from agentflan.calls.fences import unfence
 from agentflan.calls.types import ToolCall
 
 _SPACED_NAME = re.compile(r"(^\[?\s*|,\s*)([A-Za-z_][\w./\- ]*?)\s*\(")  # a call's name, as ToolACE writes it
