@@ -65,13 +65,18 @@ def test_the_default_config_needs_no_optional_package(monkeypatch, tmp_path):
     check_optional_packages(load_config("pipelines/local.yaml", [f"output_dir={tmp_path}"]), "run")
 
 
-def test_require_module_for_a_key_without_a_config_check_yet(monkeypatch):
-    """What the BFCL multi-turn rollout key calls (bfcl-eval is installed without its dependencies)."""
+def test_bfcl_multi_turn_rollouts_name_bfcl_eval(monkeypatch):
+    """bfcl-eval is installed without its dependencies: the hint is that exact line, before any work."""
+    from agentflan.config import load_config
+    from agentflan.preflight import check_optional_packages
+
     monkeypatch.setitem(sys.modules, "bfcl_eval", None)
+    cfg = load_config(None, ["rollout.envs=[bfcl_multi_turn]"])
     with pytest.raises(PreflightError) as e:
-        require_module("bfcl_eval", "rollout.env=bfcl_multi_turn")
+        check_optional_packages(cfg, "rollout")
     assert str(e.value) == (
-        "rollout.env=bfcl_multi_turn needs the bfcl_eval package, which is not installed: "
-        "pip install 'agentflan[bfcl]'"
+        "rollout.envs=[bfcl_multi_turn] needs the bfcl_eval package, which is not installed: "
+        "pip install --no-deps bfcl-eval==2026.3.23 mpmath"
     )
+    check_optional_packages(load_config(None, ["rollout.envs=[agentbench_db]"]), "rollout")  # nothing needed
     require_module("json", "any.key")  # present: nothing raised

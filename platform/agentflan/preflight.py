@@ -29,8 +29,8 @@ INSTALL_HINTS = {
     "flash_attn": "pip install flash-attn --no-build-isolation (CUDA)",
     "flash_attn_interface": "build FlashAttention-3 from its hopper/ folder (CUDA, Hopper GPUs)",
     "vllm": "pip install vllm (on the GPU workers)",
-    "bfcl_eval": "pip install 'agentflan[bfcl]'",
-    "mpmath": "pip install 'agentflan[bfcl]'",
+    "bfcl_eval": "pip install --no-deps bfcl-eval==2026.3.23 mpmath",
+    "mpmath": "pip install --no-deps bfcl-eval==2026.3.23 mpmath",
 }
 # The package transformers needs for each flash attention implementation.
 FLASH_ATTN_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
@@ -117,6 +117,9 @@ def check_optional_packages(cfg: Config, command: str) -> None:
     responder = cfg.data.negatives.responder
     if command in ("data", "train", "run", "tune") and responder.kind == "vllm":
         require_module("vllm", "data.negatives.responder.kind=vllm")
+    if command in ("rollout", "eval", "run") and "bfcl_multi_turn" in cfg.rollout.envs:
+        require_module("bfcl_eval", "rollout.envs=[bfcl_multi_turn]")
+        require_module("mpmath", "rollout.envs=[bfcl_multi_turn]")
     if command not in ("train", "run", "tune"):
         return
     m = cfg.train.model
