@@ -1,9 +1,14 @@
-"""Shared fixtures: where the real corpora are, and one Ray instance for the whole session.
+"""Shared fixtures: where the real corpora are, one Ray instance for the whole session, and the expensive
+work tests share (one small corpus, one model trained on it with ZeRO-2 across two Ray Train workers).
 
-Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance.
+Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance. A Ray
+Train worker group costs ~30 s before its first step on 2 cores: tests that only read a trained model take
+``trained_zero2`` instead of training their own, and tests about the math train in this process
+(``train_single_process``).
 
-The slow tests carry the ``ray`` marker: every test that uses the Ray instance gets it here, the others
-(subprocess jobs, benchmarks) declare it. ``pytest -m "not ray"`` is the fast loop (under 2 minutes).
+Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
+(over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
+scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop (under a minute).
 """
 
 from __future__ import annotations
@@ -77,6 +82,76 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray") or item.get_closest_marker("bench"):
+            item.add_marker(pytest.mark.slow)
+
+
+class SmallJob:
+    """The small job the training and eval tests start from: two real inputs (ReAct trajectories and the
+    FastChat chats, so every validation capability the eval reports has rows), rows of 256 tokens, 4 rows a
+    step in micro-batches of 1, on the local data engine. The corpus is built once (:attr:`corpus`);
+    :meth:`fresh` gives a test its own output dir holding a copy of it."""
+
+    def __init__(self, shared: Path, corpus: Path) -> None:
+        self.shared = shared
+        self.corpus = corpus
+
+    def overrides(self, out: Path, *extra: str) -> list[str]:
+        s = self.shared
+        return [
+            f"output_dir={out}",
+            f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
+            f"{{path: {s}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
+            f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+            "data.engine=local",
+            "train.seq_len=256",
+            "train.global_batch_size=4",
+            "train.micro_batch_size=1",
+            "train.checkpoint_every=2",
+            *extra,
+        ]
+
+    def cfg(self, out: Path, *extra: str):
+        from agentflan.config import load_config
+
+        return load_config("pipelines/local.yaml", self.overrides(out, *extra))
+
+    def fresh(self, out: Path, *extra: str):
+        """The config of a new output dir ``out`` holding a copy of the shared corpus."""
+        import shutil
+
+        shutil.copytree(self.corpus, out)
+        return self.cfg(out, *extra)
+
+
+@pytest.fixture(scope="session")
+def small_job(tmp_path_factory, shared_data) -> SmallJob:
+    from agentflan.data.pipeline import run_data
+
+    corpus = tmp_path_factory.mktemp("small_corpus") / "out"
+    job = SmallJob(shared_data, corpus)
+    run_data(job.cfg(corpus))
+    return job
+
+
+# What `trained_zero2` trains: 8 steps (cosine from step 1: 8 x 0.03 warmup rounds to 0), a checkpoint and
+# a validation loss every 2 steps, one restart allowed (the resume test kills a worker of the same run).
+ZERO2_STEPS = ("train.max_steps=8", "train.eval_every=2", "train.max_failures=1")
+
+
+@pytest.fixture(scope="session")
+def trained_zero2(ray_session, small_job, tmp_path_factory):
+    """ONE model trained through Ray Train (2 workers, DeepSpeed ZeRO-2) for the session: the tests of the
+    ZeRO-2 run itself, the eval, the resume and LoRA read it; none writes to it except the eval (its own
+    ``eval/`` and metrics in the run). ``.cfg``, ``.summary`` (run_train's), ``.out``, and ``.extra``: the
+    overrides it took on top of ``small_job``'s, for a test that runs the same job another way."""
+    from types import SimpleNamespace
+
+    from agentflan.train.recipe import run_train
+
+    cfg = small_job.fresh(tmp_path_factory.mktemp("zero2") / "out", *ZERO2_STEPS)
+    summary = run_train(cfg)
+    return SimpleNamespace(cfg=cfg, summary=summary, out=Path(cfg.output_dir), extra=ZERO2_STEPS)
 
 
 def _sample_texts() -> list[str]:
