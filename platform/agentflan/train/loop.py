@@ -220,10 +220,11 @@ def _model(
     m = cfg.train.model
     zero3 = cfg.train.deepspeed.zero_stage == 3
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if zero3:
+        # before the load: without it a checkpoint with tied embeddings (one saved copy) misses lm_head
+        keep.append(HfDeepSpeedConfig(ds_config))
     if zero3 and m.name_or_path:
         model = load_partitioned(m.name_or_path, ds_config, dtype, attn)
-    if zero3:
-        keep.append(HfDeepSpeedConfig(ds_config))
     if not m.name_or_path:
         config = tiny_llama_config(
             len(tok),
