@@ -80,7 +80,6 @@ def input_count(path: Path) -> int:
 
 
 @pytest.mark.ray  # a Ray cluster of its own, in a subprocess
-@pytest.mark.slow
 def test_ray_job_submit_runs_the_whole_job_across_two_nodes(tmp_path, shared_data):
     out = tmp_path / "out"
     result = tmp_path / "result.json"

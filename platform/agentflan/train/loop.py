@@ -393,7 +393,7 @@ def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
     model = engine.module.model
     if state.cfg.train.model.lora.enabled:
         if state_dict is not None:
-            model.load_state_dict(state_dict)
+            model = _whole_peft_model(model, state_dict)
             state_dict = None
         model = model.merge_and_unload()
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -406,6 +406,23 @@ def save_model(state: TrainState, model_dir: Path, tokenizer_dir: str) -> None:
         import shutil
 
         shutil.rmtree(model_dir.parent / f".{model_dir.name}.zero3", ignore_errors=True)
+
+
+def _whole_peft_model(partitioned, state_dict: dict[str, torch.Tensor]):
+    """Rank 0 under ZeRO-3 with LoRA: the trained model, whole, to merge the adapters into. The training
+    model's parameters are empty partitions, so a copy is built outside ``zero.Init`` (the end of training:
+    transformers' ZeRO-3 switch is turned off for good) with the same adapters, and the gathered 16-bit
+    weights are loaded into it."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    dtype = next(iter(state_dict.values())).dtype
+    base = AutoModelForCausalLM.from_config(partitioned.get_base_model().config, dtype=dtype)
+    whole = get_peft_model(base, partitioned.peft_config["default"])
+    whole.load_state_dict(state_dict)
+    return whole
 
 
 def generation_config(model, tok):
