@@ -242,3 +242,52 @@ def llama2_checkpoint(tmp_path_factory, sentencepiece_dir) -> Path:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(out)
     return out
+
+
+def _check_job_outputs(out: Path, overrides: list[str], per_case: int) -> dict:
+    """What a user reads after a 2-step ``agentflan run`` (data, train on 2 workers, eval) under ``out``,
+    checked: the steps and their losses, a model that loads and generates, the eval's counts and rates, the
+    metrics in the training run. Returns the eval report."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentflan.config import load_config
+    from agentflan.tracking import client
+
+    summary = json.loads((out / "train/summary.json").read_text())
+    steps = [json.loads(x) for x in (out / "train/steps.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and [x["step"] for x in steps] == [1, 2]
+    assert all(math.isfinite(x["loss"]) and x["loss"] > 0 and x["trained_tokens"] > 0 for x in steps)
+    assert math.isfinite(steps[-1]["val_loss"]) and steps[-1]["val_loss"] > 0
+    assert json.loads((out / "train/attempts.jsonl").read_text().splitlines()[0])["world_size"] == 2
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        generated = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
+
+    report = json.loads((out / "eval/report.json").read_text())
+    assert {c: report["agent_h"]["per_case"][c]["n"] for c in "abcd"} == dict.fromkeys("abcd", per_case)
+    assert 0 <= report["agent_h"]["h_score"] <= 1
+    assert set(report["validation_loss"]) >= {"reasoning", "general"}
+    assert all(v["loss"] > 0 and v["tokens"] > 0 for v in report["validation_loss"].values())
+    replies = (out / "eval/replies.jsonl").read_text().splitlines()
+    assert report["quality"]["n"] == len(replies) > 4 * per_case
+
+    run = client(load_config("pipelines/local.yaml", overrides)).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model_path"] == str(out / "model")
+    assert "agent_h.h_score" in run.data.metrics and "loss" in run.data.metrics
+    return report
+
+
+@pytest.fixture(scope="session")
+def check_job_outputs():
+    """``f(out, overrides, per_case)``: the outputs of a 2-step whole job checked as a user reads them."""
+    return _check_job_outputs
