@@ -1,13 +1,18 @@
-"""Shared fixtures: where the real corpora are, and one Ray instance for the whole session.
+"""Shared fixtures: where the real corpora are, one Ray instance for the whole session, and the expensive
+work tests share (one small corpus, one model trained on it with ZeRO-2 across two Ray Train workers).
 
 The real corpora the tests read live in the repository, in ``tests/data/real/`` (its SOURCES.md names each file,
 its source and licence; most are links into the bundled ``sample_data/``). ``AGENTFLAN_SHARED_DATA`` points the
 tests at another folder of the same layout instead (e.g. the full ``shared/data`` of a development machine).
 
-Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance.
+Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance. A Ray
+Train worker group costs ~30 s before its first step on 2 cores: tests that only read a trained model take
+``trained_zero2`` instead of training their own, and tests about the math train in this process
+(``train_single_process``).
 
-The slow tests carry the ``ray`` marker: every test that uses the Ray instance gets it here, the others
-(subprocess jobs, benchmarks) declare it. ``pytest -m "not ray"`` is the fast loop (under 2 minutes).
+Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
+(over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
+scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop (under a minute).
 """
 
 from __future__ import annotations
@@ -83,6 +88,76 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ray_session" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray") or item.get_closest_marker("bench"):
+            item.add_marker(pytest.mark.slow)
+
+
+class SmallJob:
+    """The small job the training and eval tests start from: two real inputs (ReAct trajectories and the
+    FastChat chats, so every validation capability the eval reports has rows), rows of 256 tokens, 4 rows a
+    step in micro-batches of 1, on the local data engine. The corpus is built once (:attr:`corpus`);
+    :meth:`fresh` gives a test its own output dir holding a copy of it."""
+
+    def __init__(self, shared: Path, corpus: Path) -> None:
+        self.shared = shared
+        self.corpus = corpus
+
+    def overrides(self, out: Path, *extra: str) -> list[str]:
+        s = self.shared
+        return [
+            f"output_dir={out}",
+            f"data.inputs=[{{path: {s}/react/fireact_hotpotqa.jsonl, source: react}}, "
+            f"{{path: {s}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
+            f"data.negatives.tool_pool_files=[{s}/toolbench/G1_query.json]",
+            "data.engine=local",
+            "train.seq_len=256",
+            "train.global_batch_size=4",
+            "train.micro_batch_size=1",
+            "train.checkpoint_every=2",
+            *extra,
+        ]
+
+    def cfg(self, out: Path, *extra: str):
+        from agentflan.config import load_config
+
+        return load_config("pipelines/local.yaml", self.overrides(out, *extra))
+
+    def fresh(self, out: Path, *extra: str):
+        """The config of a new output dir ``out`` holding a copy of the shared corpus."""
+        import shutil
+
+        shutil.copytree(self.corpus, out)
+        return self.cfg(out, *extra)
+
+
+@pytest.fixture(scope="session")
+def small_job(tmp_path_factory, shared_data) -> SmallJob:
+    from agentflan.data.pipeline import run_data
+
+    corpus = tmp_path_factory.mktemp("small_corpus") / "out"
+    job = SmallJob(shared_data, corpus)
+    run_data(job.cfg(corpus))
+    return job
+
+
+# What `trained_zero2` trains: 8 steps (cosine from step 1: 8 x 0.03 warmup rounds to 0), a checkpoint and
+# a validation loss every 2 steps, one restart allowed (the resume test kills a worker of the same run).
+ZERO2_STEPS = ("train.max_steps=8", "train.eval_every=2", "train.max_failures=1")
+
+
+@pytest.fixture(scope="session")
+def trained_zero2(ray_session, small_job, tmp_path_factory):
+    """ONE model trained through Ray Train (2 workers, DeepSpeed ZeRO-2) for the session: the tests of the
+    ZeRO-2 run itself, the eval, the resume and LoRA read it; none writes to it except the eval (its own
+    ``eval/`` and metrics in the run). ``.cfg``, ``.summary`` (run_train's), ``.out``, and ``.extra``: the
+    overrides it took on top of ``small_job``'s, for a test that runs the same job another way."""
+    from types import SimpleNamespace
+
+    from agentflan.train.recipe import run_train
+
+    cfg = small_job.fresh(tmp_path_factory.mktemp("zero2") / "out", *ZERO2_STEPS)
+    summary = run_train(cfg)
+    return SimpleNamespace(cfg=cfg, summary=summary, out=Path(cfg.output_dir), extra=ZERO2_STEPS)
 
 
 def _sample_texts() -> list[str]:
@@ -173,3 +248,52 @@ def llama2_checkpoint(tmp_path_factory, sentencepiece_dir) -> Path:
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(out)
     return out
+
+
+def _check_job_outputs(out: Path, overrides: list[str], per_case: int) -> dict:
+    """What a user reads after a 2-step ``agentflan run`` (data, train on 2 workers, eval) under ``out``,
+    checked: the steps and their losses, a model that loads and generates, the eval's counts and rates, the
+    metrics in the training run. Returns the eval report."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agentflan.config import load_config
+    from agentflan.tracking import client
+
+    summary = json.loads((out / "train/summary.json").read_text())
+    steps = [json.loads(x) for x in (out / "train/steps.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and [x["step"] for x in steps] == [1, 2]
+    assert all(math.isfinite(x["loss"]) and x["loss"] > 0 and x["trained_tokens"] > 0 for x in steps)
+    assert math.isfinite(steps[-1]["val_loss"]) and steps[-1]["val_loss"] > 0
+    assert json.loads((out / "train/attempts.jsonl").read_text().splitlines()[0])["world_size"] == 2
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        generated = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
+
+    report = json.loads((out / "eval/report.json").read_text())
+    assert {c: report["agent_h"]["per_case"][c]["n"] for c in "abcd"} == dict.fromkeys("abcd", per_case)
+    assert 0 <= report["agent_h"]["h_score"] <= 1
+    assert set(report["validation_loss"]) >= {"reasoning", "general"}
+    assert all(v["loss"] > 0 and v["tokens"] > 0 for v in report["validation_loss"].values())
+    replies = (out / "eval/replies.jsonl").read_text().splitlines()
+    assert report["quality"]["n"] == len(replies) > 4 * per_case
+
+    run = client(load_config("pipelines/local.yaml", overrides)).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model_path"] == str(out / "model")
+    assert "agent_h.h_score" in run.data.metrics and "loss" in run.data.metrics
+    return report
+
+
+@pytest.fixture(scope="session")
+def check_job_outputs():
+    """``f(out, overrides, per_case)``: the outputs of a 2-step whole job checked as a user reads them."""
+    return _check_job_outputs

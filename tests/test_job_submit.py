@@ -85,24 +85,14 @@ def ray_head():
 
 
 @pytest.mark.ray
-def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path):
+def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path, check_job_outputs):
     address, env = ray_head
     out = tmp_path / "out"
-    cmd = [
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        str(REPO),
-        "--",
-        "agentflan",
-        "run",
-        "pipelines/local.yaml",
+    overrides = [  # input paths relative to the uploaded working dir
         f"output_dir={out}",
         "data.inputs=[{path: platform/agentflan/sample_data/react/fireact_hotpotqa.jsonl, source: react}, "
-        "{path: platform/agentflan/sample_data/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}]",
+        "{path: platform/agentflan/sample_data/general/fastchat_dummy_conversation.json, source: sharegpt, "
+        "kind: general}]",
         "train.seq_len=256",
         "train.max_steps=2",
         "train.global_batch_size=4",
@@ -111,6 +101,8 @@ def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path):
         "eval.max_tool_use_per_source=1",
         "eval.max_new_tokens=4",
     ]
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--"]
+    cmd += ["agentflan", "run", "pipelines/local.yaml", *overrides]
     for _ in range(30):  # the head answers `job list` before its job agent is ready to take a submission
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in proc.stdout + proc.stderr:
@@ -119,7 +111,5 @@ def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stages"][0]["in"] == 1000
-    assert (out / "model/config.json").exists()
-    report = json.loads((out / "eval/report.json").read_text())
-    assert report["agent_h"]["per_case"]["d"]["n"] == 2
+    assert manifest["stages"][0]["in"] == 1000 and manifest["stages"][-1]["out"] > 0  # 500 + 500 records read
+    check_job_outputs(out, overrides, per_case=2)

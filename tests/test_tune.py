@@ -249,3 +249,43 @@ def test_searchers_draw_trials_from_every_space_kind():
 
     first = draws()
     assert first == draws() and len({c["lr"] for c in first}) == 3
+
+
+@pytest.mark.slow  # an MLflow sqlite store (its tables take seconds to create)
+def test_trials_asha_stopped_leave_their_child_runs_killed(tmp_path):
+    """A trial ASHA stops is ended mid-training, so its child run is left RUNNING: after the study it is
+    marked KILLED with the trial's status. Runs of finished trials, of another study and of trials this
+    study does not list are left as they are. (The marking alone, on runs made here: no study runs.)"""
+    from types import SimpleNamespace
+
+    from agentflan import tracking
+    from agentflan.tune import report
+    from agentflan.tune.study import _close_children
+
+    cfg = load_config("pipelines/local.yaml", [f"output_dir={tmp_path}"])
+
+    def child(study: str, trial: str) -> str:
+        return tracking.start_run(cfg, trial, tags={"agentflan.study": study, "agentflan.trial": trial})
+
+    stopped, completed, other_study, unlisted = (
+        child("s", "t1"),
+        child("s", "t2"),
+        child("x", "t1"),
+        child("s", "t9"),
+    )
+    c = tracking.client(cfg)
+    c.set_terminated(completed, "FINISHED")
+    rows = [
+        report.trial_row("t1", {}, {"val_loss": 3.0}, False),  # no trial_seconds: stopped by ASHA
+        report.trial_row("t2", {}, {"val_loss": 2.0, "trial_seconds": 1}, False),
+    ]
+    assert [r["status"] for r in rows] == [report.STOPPED, report.COMPLETED]
+    _close_children(cfg, SimpleNamespace(name="s"), rows)
+
+    run = {rid: c.get_run(rid) for rid in (stopped, completed, other_study, unlisted)}
+    assert run[stopped].info.status == "KILLED"
+    assert run[stopped].data.tags["agentflan.trial_status"] == report.STOPPED
+    assert (
+        run[completed].info.status == "FINISHED" and "agentflan.trial_status" not in run[completed].data.tags
+    )
+    assert run[other_study].info.status == "RUNNING" and run[unlisted].info.status == "RUNNING"

@@ -47,7 +47,7 @@ cluster.shutdown()
 
 
 @pytest.mark.ray  # a Ray cluster of its own, in a subprocess
-def test_the_whole_job_runs_across_two_nodes(tmp_path, shared_data):
+def test_the_whole_job_runs_across_two_nodes(tmp_path, shared_data, check_job_outputs):
     out = tmp_path / "out"
     result = tmp_path / "result.json"
     s = shared_data
@@ -81,4 +81,14 @@ def test_the_whole_job_runs_across_two_nodes(tmp_path, shared_data):
     manifest = json.loads((out / "manifest.json").read_text())
     assert sorted(manifest["nodes"]) == sorted(r["nodes"])  # data tasks wrote shards from both nodes
     assert r["train_worker_nodes"] == sorted(r["nodes"])  # one training worker per node
-    assert (out / "model" / "config.json").exists() and (out / "eval" / "report.json").exists()
+    assert r["pass_a_task_nodes"] == sorted(r["nodes"])  # the corpus was read on both
+    inputs = [s / "react/fireact_hotpotqa.jsonl", s / "agentinstruct/mixed_sample_200.messages.json"]
+    inputs.append(s / "general/fastchat_dummy_conversation.json")
+    read = sum(
+        len(p.read_text().splitlines()) if p.suffix == ".jsonl" else len(json.loads(p.read_text()))
+        for p in inputs
+    )
+    assert manifest["stages"][0]["in"] == read == 1200  # every input record read
+    assert manifest["stages"][-1]["out"] > 0
+    report = check_job_outputs(out, overrides, per_case=2)
+    assert report["bfcl"]["summary"]["overall"]["n"] == 5  # one question per BFCL category

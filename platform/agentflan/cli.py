@@ -118,7 +118,7 @@ def cmd_train(cfg: Config, console: Console) -> int:
                     f"{final['val_loss']:.4f}" if "val_loss" in final else "-",
                     f"{final.get('tokens_per_s', 0):.0f}",
                     f"{final.get('real_token_share', 0):.2f}",
-                    summary["model_dir"],
+                    summary["model_dir"] or "- (train.save_final: false)",
                     summary["run_id"],
                 ]
             ],

@@ -44,12 +44,19 @@ def test_vllm_rows_in_and_out():
     assert vllm_postprocess({"key": "k2", "generated_text": None})["reply"] == ""
 
 
-def test_vllm_processor_builds_from_the_responder_config(ray_session):
+@pytest.mark.slow  # importing ray.data.llm's vLLM stages takes ~15 s
+def test_vllm_processor_builds_from_the_responder_config():
+    """Built (no Ray, no vLLM needed to build it): the responder config reaches the engine stage."""
     cfg = ResponderConfig(
         kind="vllm", model="/models/qwen", num_actors=2, num_gpus=2, engine_kwargs={"max_model_len": 4096}
     )
     processor = vllm_processor(cfg)
-    assert callable(processor)
+    assert "vLLMEngineStage" in processor.list_stage_names()
+    c = processor.config
+    assert c.model_source == "/models/qwen" and c.concurrency == 2 and c.batch_size == cfg.batch_size
+    # one model over both GPUs of an actor, and the user's engine kwargs on top
+    assert c.engine_kwargs["tensor_parallel_size"] == 2 and c.engine_kwargs["max_model_len"] == 4096
+    assert c.should_continue_on_error  # a bad row loses itself, not the job
     with pytest.raises(ValueError, match="needs `model`"):
         ResponderConfig(kind="vllm")
 

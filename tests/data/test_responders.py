@@ -7,8 +7,11 @@ import json
 import socket
 import time
 
+import pyarrow.parquet as pq
+
 from agentflan.config import NegativesConfig, ResponderConfig
 from agentflan.data.negatives import NegativeSampler
+from agentflan.data.pipeline import NEGATIVES_CACHE
 from agentflan.data.record import Message, Record
 from agentflan.data.responders import (
     HFResponder,
@@ -74,6 +77,13 @@ def test_hf_responder_in_the_ray_pipeline(ray_session, tiny_model_dir, shared_da
     m = run_data(cfg)
     neg = next(s for s in m["stages"] if s["name"] == "negatives")
     assert neg["in"] > 5 and neg["in"] == neg["out"] + neg["filtered"] + neg["quarantined"]
+    # The model was asked (counts that add up would too if it never was), and what it answered is cached
+    # beside the decomposed corpus, one reply per distinct request.
+    asked = m["responder"]["asked"]
+    assert asked > 0 and m["responder"]["cached"] >= 0
+    (cache,) = (tmp_path / "decomposed" / NEGATIVES_CACHE).iterdir()
+    keys = pq.read_table(sorted(cache.glob("*.parquet"))).column("key").to_pylist()
+    assert len(keys) == len(set(keys)) and 0 < len(keys) <= asked
 
 
 def answer(i: int) -> str:

@@ -108,6 +108,7 @@ def shard_tables(out: Path) -> dict[str, pa.Table]:
     }
 
 
+@pytest.mark.slow  # the whole corpus twice (~5 s on a busy 2-core machine)
 def test_a_split_file_gives_the_same_corpus_and_keeps_file_line(shared_data, tmp_path):
     big = big_jsonl(shared_data, tmp_path)
     one = run_data(config(shared_data, tmp_path / "one", inputs(shared_data, big), "data.engine=local"))
@@ -131,6 +132,7 @@ def test_a_split_file_gives_the_same_corpus_and_keeps_file_line(shared_data, tmp
     assert origins == {f"{big}:{line}" for line in BAD_LINES}
 
 
+@pytest.mark.slow  # the whole corpus twice (~4 s on a busy 2-core machine)
 def test_a_unit_that_fails_once_is_retried_and_changes_nothing(shared_data, tmp_path, monkeypatch):
     big = big_jsonl(shared_data, tmp_path)
     args = (inputs(shared_data, big), "data.engine=local", "data.split_bytes=100000")

@@ -1,4 +1,4 @@
-"""End to end: a tiny model trained here through Ray Train, evaluated through the CLI."""
+"""End to end: the session's tiny model trained through Ray Train, evaluated through the CLI."""
 
 from __future__ import annotations
 
@@ -39,25 +39,11 @@ def _one_by_one_loss(cfg, model_path, records, heldout_samples):
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory, shared_data):
-    from agentflan.data.pipeline import run_data
-    from agentflan.train.recipe import run_train
-
-    out = tmp_path_factory.mktemp("e2e")
-    overrides = [
-        f"output_dir={out}",
-        "data.engine=local",
-        f"data.inputs=[{{path: {shared_data}/react/fireact_hotpotqa.jsonl, source: react}}, "
-        f"{{path: {shared_data}/general/fastchat_dummy_conversation.json, source: sharegpt, kind: general}}]",
-        f"data.negatives.tool_pool_files=[{shared_data}/toolbench/G1_query.json]",
-        "train.seq_len=256",
-        "train.global_batch_size=4",
-        "train.max_steps=2",
-    ]
-    cfg = load_config("pipelines/local.yaml", overrides)
-    run_data(cfg)
-    summary = run_train(cfg)
-    return out, overrides, summary
+def trained(trained_zero2, small_job):
+    """The session's model (tests/conftest.py: 8 steps, 2 Ray Train workers, ZeRO-2), evaluated here in its
+    own output dir: (output dir, the overrides it was trained with, run_train's summary)."""
+    out = trained_zero2.out
+    return out, small_job.overrides(out, *trained_zero2.extra), trained_zero2.summary
 
 
 def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):

@@ -6,6 +6,7 @@ Qwen's chat templates. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,42 @@ def byte_level_dirs(tmp_path_factory, chats, agent_chats) -> dict[str, Path]:
         _byte_level(texts, template).save_pretrained(out)
         dirs[name] = out
     return dirs
+
+
+# ----------------------------------------------------------------------------- training in this process
+
+
+def _cosine_lr(lr: float, warmup: int, total: int, step: int) -> float:
+    if step < warmup:
+        return lr * step / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@pytest.fixture(scope="session")
+def cosine_lr():
+    """``f(lr, warmup, total, step)``: the lr after ``step`` optimizer steps of a linear warmup over ``warmup``
+    steps then a half cosine down to 0 at ``total``; written out here (not transformers' function), so a
+    wrong schedule in the loop shows."""
+    return _cosine_lr
+
+
+@pytest.fixture
+def train_in_process():
+    """Train ``cfg`` here, world size 1, with ``train_single_process`` (no Ray, no worker group to start): for
+    the tests about the math. Packs the corpus under ``cfg.output_dir`` first; returns the step metrics."""
+
+    def train(cfg) -> list[dict[str, Any]]:
+        from agentflan.train.data import prepare
+        from agentflan.train.loop import train_single_process
+        from agentflan.train.shards import PackedShards
+
+        packed = prepare(cfg)
+        return train_single_process(
+            cfg,
+            PackedShards(packed.train),
+            PackedShards(packed.validation),
+            str(packed.tokenizer_dir),
+            Path(cfg.output_dir),
+        )
+
+    return train

@@ -85,6 +85,7 @@ def test_build_model_needs_a_path_or_a_config() -> None:
         build_model()
 
 
+@pytest.mark.slow  # torch.compile (~4 s on a busy 2-core machine)
 def test_compiled_layers_train_like_eager_ones() -> None:
     """train.model.compile: each decoder layer compiled in place (inductor on the CPU here, ~10 s) gives the
     same loss and gradients on a packed batch."""

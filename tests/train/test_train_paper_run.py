@@ -8,8 +8,10 @@ the eval sets and the number of steps are capped (2 optimizer steps of the 9 an 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,7 +22,7 @@ from agentflan.train.templates import render_text
 SAMPLE = Path(agentflan.__file__).parent / "sample_data"
 
 
-def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, tmp_path, capsys):
+def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, tmp_path, capsys, cosine_lr):
     out = tmp_path / "paper"
     args = [
         "run",
@@ -48,6 +50,14 @@ def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, 
     assert main(args) == 0, capsys.readouterr().err
     cfg_train = json.loads((out / "train" / "summary.json").read_text())
     assert cfg_train["steps"] == 2
+    # The 2 steps as logged: finite losses, the held-out loss at the end, the paper's lr on its schedule
+    # (2 steps x warmup_ratio 0.03 rounds to no warmup: the cosine from 2e-5, at 0 after the last step).
+    steps = [json.loads(x) for x in (out / "train/steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [1, 2] and cfg_train["final"] == steps[-1]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in steps)
+    assert math.isfinite(steps[-1]["val_loss"]) and steps[-1]["val_loss"] > 0
+    assert [r["lr"] for r in steps] == pytest.approx([cosine_lr(2e-5, 0, 2, s) for s in (1, 2)], abs=1e-12)
+    assert all(r["trained_tokens"] > 0 for r in steps)
 
     # ZeRO-3: the model was built partitioned, each of the 2 ranks holding about half of it.
     attempt = json.loads((out / "train/attempts.jsonl").read_text().splitlines()[0])

@@ -1,6 +1,10 @@
 """Fine-tuning through Ray Train + DeepSpeed on CPU (gloo): the same code path a GPU cluster runs.
 
-These are the slow tests (~40 s per fit on 2 cores). They share one Ray instance and one corpus.
+A Ray Train fit costs ~40 s on 2 cores, so the fits are shared: the session's ``trained_zero2`` (8 steps, 2
+workers, ZeRO-2; tests/conftest.py) is the run checked here, the reference of the resume test and of the
+one-process equivalence, and the base of the LoRA tests. What needs its own fit: a kill mid-run (twice:
+Ray Train's restart, then the user's re-run after a crash) and ZeRO-3's partitioning across 2 workers.
+The math without Ray (LoRA, the lr schedule) trains in this process (``train_in_process``).
 """
 
 from __future__ import annotations
@@ -15,48 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentflan.config import load_config
-from agentflan.data.pipeline import run_data
-
-
-def overrides(out: Path, shared: Path, *extra: str) -> list[str]:
-    """The small run every test here starts from (also what the CLI test passes on the command line)."""
-    return [
-        f"output_dir={out}",
-        f"data.inputs=[{{path: {shared}/react/fireact_hotpotqa.jsonl, source: react}}, "
-        f"{{path: {shared}/general/sharegpt_examples.json, source: sharegpt, kind: general}}]",
-        f"data.negatives.tool_pool_files=[{shared}/toolbench/G1_query.json]",
-        "data.engine=local",
-        "train.seq_len=256",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.checkpoint_every=2",
-        *extra,
-    ]
-
-
-def make_cfg(out: Path, shared: Path, *extra: str):
-    return load_config("pipelines/local.yaml", overrides(out, shared, *extra))
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory, shared_data) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    run_data(make_cfg(out, shared_data))
-    return out
-
-
-def fresh_run(corpus_dir: Path, tmp_path: Path, shared: Path, *extra: str):
-    """A new output dir holding a copy of the shared corpus."""
-    import shutil
-
-    out = tmp_path / "run"
-    shutil.copytree(corpus_dir, out)
-    return make_cfg(out, shared, *extra)
-
 
 def steps_of(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (Path(out) / "train/steps.jsonl").read_text().splitlines()]
+
+
+def val_losses(log: list[dict]) -> dict[int, float]:
+    """The validation losses of a steps log, by step."""
+    return {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
 
 
 def attempts_of(out: Path) -> list[dict]:
@@ -92,24 +62,26 @@ def mlflow_run(cfg, run_id: str):
     return client(cfg).get_run(run_id)
 
 
-def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_data):
+def test_zero2_trains_saves_and_logs(trained_zero2, cosine_lr):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from agentflan.tracking import client
-    from agentflan.train.recipe import run_train
 
-    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=4", "train.eval_every=2")
-    summary = run_train(cfg)
-    assert steps_of(cfg.output_dir) == [1, 2, 3, 4]
-    logged = [json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in logged if "val_loss" in r] == [2, 4]
-    first, last = (
-        json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()[::3]
-    )
-    assert last["loss"] < first["loss"]  # lr 1e-3 on a tiny model: it learns within 4 steps
-    assert 0 < last["real_token_share"] <= 1 and last["tokens_per_s"] > 0
-    (attempt,) = attempts_of(cfg.output_dir)
+    cfg, summary, out = trained_zero2.cfg, trained_zero2.summary, trained_zero2.out
+    assert steps_of(out) == list(range(1, 9))
+    logged = [json.loads(x) for x in (out / "train/steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "val_loss" in r] == [2, 4, 6, 8]
+    first, last = logged[0], logged[-1]
+    assert last["loss"] < first["loss"]  # lr 3e-3 on a tiny model: it learns within 8 steps
+    assert last["val_loss"] < logged[1]["val_loss"]  # and on the held-out rows
+    assert all(0 < r["real_token_share"] <= 1 and r["tokens_per_s"] > 0 for r in logged)
+    # the lr of every step is the schedule's: 8 x warmup_ratio 0.03 rounds to no warmup, then a half cosine
+    assert int(cfg.train.warmup_ratio * 8) == 0
+    expected_lr = [cosine_lr(cfg.train.lr, 0, 8, s) for s in range(1, 9)]
+    assert [r["lr"] for r in logged] == pytest.approx(expected_lr, rel=1e-6, abs=1e-12)
+    (attempt,) = attempts_of(out)
     assert attempt["world_size"] == 2 and attempt["params_on_rank0"] == attempt["params_total"]  # ZeRO-2
+    assert summary["steps"] == 8 and summary["final"] == last
 
     model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
     tok = AutoTokenizer.from_pretrained(summary["model_dir"])
@@ -117,24 +89,28 @@ def test_zero2_trains_saves_and_logs(ray_session, corpus_dir, tmp_path, shared_d
         [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, tokenize=False
     )
     ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] > ids["input_ids"].shape[1]
+    generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
     # the validation loss the two workers computed together is the saved model's loss on the held-out rows
-    assert logged[-1]["val_loss"] == pytest.approx(_heldout_loss(model, cfg.output_dir), rel=1e-4)
+    assert last["val_loss"] == pytest.approx(_heldout_loss(model, out), rel=1e-4)
 
     run = mlflow_run(cfg, summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.deepspeed.zero_stage"] == "2"
     assert run.data.params["model_path"] == summary["model_dir"]
+    assert run.data.tags["agentflan.model_dir"] == summary["model_dir"]
     history = client(cfg).get_metric_history(summary["run_id"], "loss")
-    assert [m.step for m in history] == [1, 2, 3, 4]
-    for name in ("lr", "tokens_per_s", "real_token_share"):
-        assert client(cfg).get_metric_history(summary["run_id"], name)
+    assert [m.step for m in history] == list(range(1, 9))
+    assert [m.value for m in history] == pytest.approx([r["loss"] for r in logged])
+    lr_history = sorted(client(cfg).get_metric_history(summary["run_id"], "lr"), key=lambda m: m.step)
+    assert [m.value for m in lr_history] == pytest.approx(expected_lr, rel=1e-6, abs=1e-12)
+    for name in ("tokens_per_s", "real_token_share"):
+        assert len(client(cfg).get_metric_history(summary["run_id"], name)) == 8
     artifacts = {a.path for a in client(cfg).list_artifacts(summary["run_id"])}
     assert {"config.json", "manifest.json", "packing_stats.json", "plots"} <= artifacts
     plots = {a.path: a.file_size for a in client(cfg).list_artifacts(summary["run_id"], "plots")}
     assert plots.keys() == {"plots/loss.png", "plots/mixture.png"} and min(plots.values()) > 1000
-    assert (Path(cfg.output_dir) / "mlartifacts").is_dir()  # beside the sqlite store, not in the CWD
+    assert (out / "mlartifacts").is_dir()  # beside the sqlite store, not in the CWD
 
 
 def _heldout_loss(model, out) -> float:
@@ -196,10 +172,13 @@ def _kill_a_worker_at(out: Path, step: int, killed: list[int], after_checkpoint:
     killed.append(victim.pid)
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_session, corpus_dir, tmp_path, shared_data):
+def test_killed_worker_resumes_from_checkpoint(trained_zero2, small_job, tmp_path):
+    """The session's ZeRO-2 job again, a worker SIGKILLed after step 3: Ray Train restarts the group from the
+    last checkpoint, and the run ends as the uninterrupted one did (``trained_zero2``)."""
     from agentflan.train.recipe import run_train
 
-    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=8", "train.max_failures=1")
+    cfg = small_job.fresh(tmp_path / "run", *trained_zero2.extra)
+    assert cfg.train.max_failures == 1
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_at, args=(Path(cfg.output_dir), 3, killed), daemon=True)
     killer.start()
@@ -214,50 +193,33 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, corpus_dir, tmp_path
     assert steps_of(cfg.output_dir) == list(range(1, 9))  # planned count, no step twice
     assert mlflow_run(cfg, summary["run_id"]).info.status == "FINISHED"
 
-    # The same run without the kill: same data order (the rows' token counts and losses step by step)
-    # and the same final weights.
-    (tmp_path / "plain").mkdir()
-    plain = fresh_run(
-        corpus_dir, tmp_path / "plain", shared_data, "train.max_steps=8", "train.max_failures=1"
-    )
-    plain_summary = run_train(plain)
+    # Same data order (the rows' token counts step by step), the same losses and validation losses, and the
+    # same final weights as the run without the kill.
     resumed_log, plain_log = (
-        [json.loads(x) for x in (Path(c.output_dir) / "train/steps.jsonl").read_text().splitlines()]
-        for c in (cfg, plain)
+        [json.loads(x) for x in (Path(out) / "train/steps.jsonl").read_text().splitlines()]
+        for out in (cfg.output_dir, trained_zero2.out)
     )
     assert [r["trained_tokens"] for r in resumed_log] == [r["trained_tokens"] for r in plain_log]
     assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in plain_log], rel=1e-5)
-    resumed_w, plain_w = saved_weights(summary["model_dir"]), saved_weights(plain_summary["model_dir"])
+    assert val_losses(resumed_log) == pytest.approx(val_losses(plain_log), rel=1e-5)
+    resumed_w, plain_w = (
+        saved_weights(summary["model_dir"]),
+        saved_weights(trained_zero2.summary["model_dir"]),
+    )
+    assert resumed_w.keys() == plain_w.keys()
     for k in plain_w:
         torch.testing.assert_close(
             resumed_w[k], plain_w[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}"
         )
 
 
-def test_crash_marks_the_mlflow_run_failed(ray_session, corpus_dir, tmp_path, shared_data):
-    from agentflan.tracking import client
-    from agentflan.train.recipe import run_train
-
-    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=50", "train.max_failures=0")
-    killed: list[int] = []
-    threading.Thread(
-        target=_kill_a_worker_at, args=(Path(cfg.output_dir), 2, killed, False), daemon=True
-    ).start()
-    with pytest.raises(Exception):  # noqa: B017 - whatever Ray raises for a dead worker group
-        run_train(cfg)
-    runs = client(cfg).search_runs([client(cfg).get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
-
-
-def test_zero3_with_gradient_checkpointing(ray_session, corpus_dir, tmp_path, shared_data):
+def test_zero3_with_gradient_checkpointing(ray_session, small_job, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from agentflan.train.recipe import run_train
 
-    cfg = fresh_run(
-        corpus_dir,
-        tmp_path,
-        shared_data,
+    cfg = small_job.fresh(
+        tmp_path / "run",
         "train.max_steps=2",
         "train.eval_every=1",  # ranks with fewer validation rows must not hang the ZeRO-3 gather
         "train.deepspeed.zero_stage=3",
@@ -278,104 +240,112 @@ def test_zero3_with_gradient_checkpointing(ray_session, corpus_dir, tmp_path, sh
     assert total / 2 <= held <= total / 2 + len(list(model.parameters()))
 
 
-def test_interrupted_job_resumes_without_redoing_the_corpus(
-    ray_session, corpus_dir, tmp_path, shared_data, capsys
-):
-    """`agentflan run` crashes in training; run again with the same spec and output dir: the corpus stage is
-    skipped (same fingerprint) and training resumes from its last checkpoint."""
-    from agentflan.cli import main
+def test_interrupted_job_resumes_without_redoing_the_corpus(ray_session, small_job, tmp_path, capsys):
+    """`agentflan train` crashes (a worker SIGKILLed, no restart allowed): one line naming the failure and the
+    log, the MLflow run FAILED. Run again with the same spec and output dir: the corpus stage is skipped
+    (same fingerprint) and training resumes from its last checkpoint.
 
-    cfg = fresh_run(corpus_dir, tmp_path, shared_data, "train.max_steps=8", "train.max_failures=0")
+    The run has ``train.save_final: false``: no model is written, and none is named (MLflow, summary,
+    console)."""
+    from agentflan.cli import main
+    from agentflan.tracking import client
+
+    extra = ("train.max_steps=8", "train.max_failures=0", "train.save_final=false")
+    cfg = small_job.fresh(tmp_path / "run", *extra)
     out = Path(cfg.output_dir)
-    args = [
-        "train",
-        "pipelines/local.yaml",
-        *overrides(out, shared_data, "train.max_steps=8", "train.max_failures=0"),
-    ]
+    args = ["train", "pipelines/local.yaml", *small_job.overrides(out, *extra)]
     fingerprint = json.loads((out / "manifest.json").read_text())["fingerprint"]
     killed: list[int] = []
     threading.Thread(target=_kill_a_worker_at, args=(out, 3, killed), daemon=True).start()
     assert main(args) == 1  # the dead worker group: one line naming the failure and the log
-    assert killed
+    assert killed, "no worker was killed"
+    import psutil
+
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     err = capsys.readouterr().err
-    assert "agentflan: train failed:" in err and f"(full log: {out / 'logs/agentflan.log'})" in err
+    (line,) = [x for x in err.splitlines() if x.startswith("agentflan:")]
+    assert line.startswith("agentflan: train failed:") and line.endswith(
+        f"(full log: {out / 'logs/agentflan.log'})"
+    )
+    experiment = client(cfg).get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    (crashed,) = client(cfg).search_runs([experiment])
+    assert crashed.info.status == "FAILED"
+    assert 3 <= max(steps_of(out)) < 8  # it died mid-run, after the step the kill waited for
+
     assert main(args) == 0
-    err = capsys.readouterr().err
-    assert "is current: skipping the data stage" in err
+    captured = capsys.readouterr()
+    assert "is current: skipping the data stage" in captured.err
     assert json.loads((out / "manifest.json").read_text())["fingerprint"] == fingerprint
     starts = [json.loads(x)["start_step"] for x in (out / "train/attempts.jsonl").read_text().splitlines()]
     assert starts[0] == 0 and starts[-1] >= 2
     assert steps_of(out) == list(range(1, 9))
+    runs = {r.info.run_id: r for r in client(cfg).search_runs([experiment])}
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
+
+    # save_final: false: no model, and no path to one anywhere
+    (finished,) = [r for r in runs.values() if r.info.status == "FINISHED"]
+    assert not (out / "model").exists()
+    assert "model_path" not in finished.data.params and "agentflan.model_dir" not in finished.data.tags
+    assert json.loads((out / "train/summary.json").read_text())["model_dir"] is None
+    assert "- (train.save_final: false)" in captured.out
 
 
-def test_lora_through_peft_saves_a_merged_model(ray_session, corpus_dir, tmp_path, shared_data):
-    from transformers import AutoModelForCausalLM
-
-    from agentflan.train.recipe import run_train
-
-    cfg = fresh_run(
-        corpus_dir,
-        tmp_path,
-        shared_data,
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_lora_on_a_checkpoint_saves_a_merged_model(
+    trained_zero2, small_job, tmp_path, train_in_process, zero_stage
+):
+    """LoRA through peft on the session's trained model as a checkpoint (trained here, in this process), under
+    ZeRO-2 and ZeRO-3 (the adapters gathered from the partitions before merging): the export is a plain
+    Llama whose target modules, and only those, moved."""
+    base_dir = trained_zero2.summary["model_dir"]
+    cfg = small_job.fresh(
+        tmp_path / "run",
         "train.max_steps=2",
+        "train.scaling.num_workers=1",
+        f"train.deepspeed.zero_stage={zero_stage}",
+        f"train.model.name_or_path={base_dir}",
         "train.model.lora.enabled=true",
         "train.model.lora.r=4",
         "train.model.lora.alpha=8",
     )
-    summary = run_train(cfg)
-    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
+    logged = train_in_process(cfg)
+    assert [r["step"] for r in logged] == [1, 2]
+    model_dir = Path(cfg.output_dir) / "model"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     names = [n for n, _ in model.named_parameters()]
     assert names and not any("lora" in n for n in names)  # adapters merged into plain Llama weights
     # Adapters were created and trained: merging them changed exactly the target modules, nothing else
     # (LoRA's B starts at zero, so an untrained adapter would change nothing).
-    base, merged = initial_weights(cfg), saved_weights(summary["model_dir"])
+    base, merged = saved_weights(base_dir), saved_weights(model_dir)
     assert base.keys() == merged.keys()
     targets = tuple(f"{m}.weight" for m in cfg.train.model.lora.target_modules)
     changed = {k for k in base if not torch.equal(base[k], merged[k])}
     assert changed == {k for k in base if k.endswith(targets)}
-    assert len(changed) == len(targets) * cfg.train.model.num_layers
+    assert len(changed) == len(targets) * model.config.num_hidden_layers
 
 
-_SINGLE_PROCESS = """
-import json, sys
-from pathlib import Path
-from agentflan.config import Config
-from agentflan.train.loop import train_single_process
-from agentflan.train.shards import PackedShards
-cfg = Config.model_validate(json.loads(sys.argv[1]))
-out = Path(cfg.output_dir)
-train_single_process(cfg, PackedShards(out / "train/packed_train"), None, str(out / "train/tokenizer"), out)
-"""
-
-
-def test_two_workers_with_accumulation_step_like_one_process(ray_session, corpus_dir, tmp_path, shared_data):
-    """Gradient scaling: 2 workers x 2 accumulation steps of 1 row take the same optimizer steps as one
-    process over the same 4 rows (4 accumulation steps): same losses, same updated weights."""
-    import subprocess
-    import sys
-
-    from agentflan.train.recipe import run_train
-
-    extra = ("train.max_steps=2", "train.lr=1e-3", "train.micro_batch_size=1", "train.global_batch_size=4")
-    workers = fresh_run(corpus_dir, tmp_path / "w", shared_data, *extra)
-    summary = run_train(workers)
-    single = fresh_run(corpus_dir, tmp_path / "s", shared_data, *extra, "train.scaling.num_workers=1")
-    from agentflan.train.data import prepare
-
-    prepare(single)
-    assert single.train.grad_accum_steps == 4 and workers.train.grad_accum_steps == 2
-    proc = subprocess.run(
-        [sys.executable, "-c", _SINGLE_PROCESS, single.model_dump_json()], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_workers_with_accumulation_step_like_one_process(
+    trained_zero2, small_job, tmp_path, train_in_process
+):
+    """Gradient scaling: 2 workers x 2 accumulation steps of 1 row (the session's ZeRO-2 run) take the same
+    optimizer steps as one process over the same 4 rows (4 accumulation steps, trained here): same losses,
+    validation losses and lrs, the same updated weights."""
+    single = small_job.fresh(tmp_path / "single", *trained_zero2.extra, "train.scaling.num_workers=1")
+    assert single.train.grad_accum_steps == 4 and trained_zero2.cfg.train.grad_accum_steps == 2
+    train_in_process(single)
     logs = [
-        [json.loads(x) for x in (Path(c.output_dir) / "train/steps.jsonl").read_text().splitlines()]
-        for c in (workers, single)
+        [json.loads(x) for x in (Path(out) / "train/steps.jsonl").read_text().splitlines()]
+        for out in (trained_zero2.out, single.output_dir)
     ]
     assert [r["trained_tokens"] for r in logs[0]] == [r["trained_tokens"] for r in logs[1]]
-    assert [r["loss"] for r in logs[0]] == pytest.approx([r["loss"] for r in logs[1]], rel=1e-5)
-    a, b = saved_weights(summary["model_dir"]), saved_weights(Path(single.output_dir) / "model")
+    for key in ("loss", "lr"):
+        assert [r[key] for r in logs[0]] == pytest.approx([r[key] for r in logs[1]], rel=1e-4), key
+    assert val_losses(logs[0]) == pytest.approx(val_losses(logs[1]), rel=1e-4)
+    a = saved_weights(trained_zero2.summary["model_dir"])
+    b = saved_weights(Path(single.output_dir) / "model")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
-    start = initial_weights(workers)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    start = initial_weights(single)
     assert all(not torch.equal(a[k], start[k]) for k in a if k.endswith("proj.weight"))  # the steps did train

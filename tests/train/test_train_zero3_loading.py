@@ -33,7 +33,7 @@ json.dump({"held": held, "total": sum(p.ds_numel for p in model.parameters()), "
 """
 
 
-@pytest.mark.ray  # slow: two processes
+@pytest.mark.slow  # two processes, no Ray
 def test_each_rank_loads_its_partition_and_gathers_the_checkpoint(llama2_checkpoint, tmp_path):
     from agentflan.ray_utils import free_port
 

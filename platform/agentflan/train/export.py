@@ -27,7 +27,7 @@ def save_model(strategy: DeepSpeedStrategy, model_dir: Path, tokenizer_dir: str)
     model = strategy.engine.module.model
     if strategy.cfg.train.model.lora.enabled:
         if state_dict is not None:
-            model.load_state_dict(state_dict)
+            model = _whole_peft_model(model, state_dict)
             state_dict = None
         model = model.merge_and_unload()
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -54,3 +54,20 @@ def generation_config(model: Any, tok: Any) -> Any:
         pad_token_id=tok.pad_token_id,
         do_sample=False,
     )
+
+
+def _whole_peft_model(partitioned, state_dict):
+    """Rank 0 under ZeRO-3 with LoRA: the trained model, whole, to merge the adapters into. The training
+    model's parameters are empty partitions, so a copy is built outside ``zero.Init`` (the end of training:
+    transformers' ZeRO-3 switch is turned off for good) with the same adapters, and the gathered 16-bit
+    weights are loaded into it."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    dtype = next(iter(state_dict.values())).dtype
+    base = AutoModelForCausalLM.from_config(partitioned.get_base_model().config, dtype=dtype)
+    whole = get_peft_model(base, partitioned.peft_config["default"])
+    whole.load_state_dict(state_dict)
+    return whole

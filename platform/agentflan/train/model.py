@@ -228,9 +228,9 @@ def training_model(
 
     m = cfg.train.model
     zero3 = cfg.train.deepspeed.zero_stage == 3
-    model = load_partitioned(m.name_or_path, ds_config, dtype, attn) if zero3 and m.name_or_path else None
-    # created after load_partitioned, which enters zero.Init itself (transformers would enter it a second time)
+    # before the load: without it a checkpoint with tied embeddings (one saved copy) misses lm_head
     hf_ds_config = HfDeepSpeedConfig(ds_config) if zero3 else None
+    model = load_partitioned(m.name_or_path, ds_config, dtype, attn) if zero3 and m.name_or_path else None
     if not m.name_or_path:
         config = tiny_llama_config(
             vocab_size, m.hidden_size, m.num_layers, m.num_heads, max(2048, cfg.train.seq_len), *special_ids

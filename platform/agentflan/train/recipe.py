@@ -39,7 +39,8 @@ def run_train(
     tags: dict[str, str] | None = None,
     callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train; returns a summary (final step metrics, model path, MLflow run id).
+    """Train; returns a summary (final step metrics, model path or None without ``train.save_final``, MLflow
+    run id).
 
     ``tags`` go on the MLflow run (a Tune trial adds its parent run); ``callbacks`` on Ray Train's
     ``RunConfig`` (a Tune trial adds ``TuneReportCallback``, which forwards every report to Tune).
@@ -100,13 +101,14 @@ def run_train(
         result = trainer.fit()
         if result.error:
             raise result.error
-        tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
-        tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
+        if t.save_final:  # without it no model is written: log no path that does not exist
+            tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
+            tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
     steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
     _log_plots(cfg, run_id, steps_log, manifest)
     summary = {
         "run_id": run_id,
-        "model_dir": str(model_dir),
+        "model_dir": str(model_dir) if t.save_final else None,
         "steps": len(steps),
         "final": steps[-1] if steps else {},
         "packing": packed.stats,
