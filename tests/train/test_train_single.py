@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentflan.config import load_config
-from agentflan.train.loop import deepspeed_config
+from agentflan.train.deepspeed_config import deepspeed_config
 
 
 def ds(*overrides: str, use_bf16: bool = False) -> dict:
