@@ -25,6 +25,10 @@ class ContextOverflow(Exception):
     pass
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 resets connections when many requests arrive at once
+
+
 class StubServer:
     def __init__(self, policies: dict[str, Policy] | None = None, delay_s: float = 0.0) -> None:
         self.policies = dict(policies or {})
@@ -59,7 +63,7 @@ class StubServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
 

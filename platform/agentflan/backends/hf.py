@@ -16,6 +16,7 @@ from typing import Any
 from agentflan.backends import BackendFailure, Request, Result
 from agentflan.backends.replies import reply_from_text
 from agentflan.config import BackendConfig
+from agentflan.rollout import dialect
 
 
 class ModelWorker:
@@ -70,36 +71,41 @@ class HFBackend:
         self._actors = [remote.remote(*args) for _ in range(cfg.num_actors)]
         self.context_length = ray.get(self._actors[0].context_length.remote())  # waits for the load
 
-    def _results(self, raw: list[tuple[str, int, int, str]]) -> list[Result]:
+    @staticmethod
+    def _results(raw: list[tuple[str, int, int, str]], syntaxes: list[str | None]) -> list[Result]:
         out: list[Result] = []
-        for text, n_prompt, n_reply, finish in raw:
+        for (text, n_prompt, n_reply, finish), syntax in zip(raw, syntaxes, strict=True):
             if finish == "context_overflow":
                 out.append(
                     BackendFailure("context_overflow", f"prompt of {n_prompt} tokens fills the context")
                 )
             else:
-                out.append(reply_from_text(text, self.syntax, finish, n_prompt, n_reply))
+                out.append(reply_from_text(text, syntax, finish, n_prompt, n_reply))
         return out
 
     def submit(self, requests: Sequence[Request]) -> list[Future[Result]]:
-        requests = list(requests)
-        futures: list[Future[Result]] = [Future() for _ in requests]
-        if not requests:
+        prepared = [dialect.request(self.syntax, m, t) for m, t in requests]  # text-call models: ReAct
+        sent = [(m, t) for m, t, _ in prepared]
+        syntaxes = [s for _, _, s in prepared]
+        futures: list[Future[Result]] = [Future() for _ in sent]
+        if not sent:
             return futures
         if self._local is not None:
-            chunk = self._thread.submit(self._local.generate, requests)
-            chunk.add_done_callback(lambda f: self._settle(f, futures))
+            chunk = self._thread.submit(self._local.generate, sent)
+            chunk.add_done_callback(lambda f: self._settle(f, futures, syntaxes))
             return futures
-        n = min(len(self._actors), len(requests))
-        bounds = [len(requests) * i // n for i in range(n + 1)]
+        n = min(len(self._actors), len(sent))
+        bounds = [len(sent) * i // n for i in range(n + 1)]
         for actor, lo, hi in zip(self._actors, bounds, bounds[1:], strict=False):
-            ref = actor.generate.remote(requests[lo:hi])
-            ref.future().add_done_callback(lambda f, part=futures[lo:hi]: self._settle(f, part))
+            ref = actor.generate.remote(sent[lo:hi])
+            ref.future().add_done_callback(
+                lambda f, lo=lo, hi=hi: self._settle(f, futures[lo:hi], syntaxes[lo:hi])
+            )
         return futures
 
-    def _settle(self, chunk: Future, part: list[Future[Result]]) -> None:
+    def _settle(self, chunk: Future, part: list[Future[Result]], syntaxes: list[str | None]) -> None:
         try:
-            results = self._results(chunk.result())
+            results = self._results(chunk.result(), syntaxes)
         except Exception as e:  # the actor died or raised: these requests fail, the run goes on
             results = [BackendFailure("backend_error", f"{type(e).__name__}: {e}")] * len(part)
         for f, r in zip(part, results, strict=True):

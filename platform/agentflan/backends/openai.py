@@ -11,6 +11,7 @@ from agentflan.backends import BackendFailure, Request, Result
 from agentflan.backends.openai_client import ClientFailure, Completion, OpenAIClient
 from agentflan.backends.replies import reply_from_server
 from agentflan.config import BackendConfig
+from agentflan.rollout import dialect
 
 
 class OpenAIBackend:
@@ -22,14 +23,14 @@ class OpenAIBackend:
         self.max_new_tokens = cfg.sampling.max_new_tokens
         self.context_length = cfg.context_length
 
-    def _result(self, answer: Completion | ClientFailure) -> Result:
+    def _result(self, answer: Completion | ClientFailure, syntax: str | None) -> Result:
         if isinstance(answer, ClientFailure):
             reason = "context_overflow" if answer.context_overflow else "backend_error"
             return BackendFailure(reason, answer.reason)
         return reply_from_server(
             answer.content,
             answer.tool_calls,
-            self.syntax,
+            syntax,
             answer.reasoning,
             answer.finish_reason,
             answer.prompt_tokens,
@@ -40,8 +41,11 @@ class OpenAIBackend:
         out = []
         for messages, tools in requests:
             done: Future[Result] = Future()
+            messages, tools, syntax = dialect.request(self.syntax, messages, tools)  # text-call models: ReAct
             sent = self.client.submit(messages, tools)
-            sent.add_done_callback(lambda f, done=done: _settle(done, f, self._result))
+            sent.add_done_callback(
+                lambda f, done=done, syntax=syntax: _settle(done, f, lambda a: self._result(a, syntax))
+            )
             out.append(done)
         return out
 

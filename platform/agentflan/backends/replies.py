@@ -6,10 +6,12 @@ import json
 import re
 
 from agentflan.calls import from_openai, parse_calls
+from agentflan.data.react import parse_step
 from agentflan.rollout.types import Reply
 
-# Native syntaxes carry calls in the text of the reply: once parsed into ``tool_calls``, the call text is
-# taken out of ``content``, or the chat template would render each call twice in the next prompt.
+# Calls are carried in the text of the reply: once parsed into ``tool_calls``, the call text is taken out of
+# ``content``, or the next prompt would render each call twice (the chat template for native syntaxes; the
+# prompt dialect, :mod:`agentflan.rollout.dialect`, for ``react``, which keeps the thought as the content).
 _HERMES_CALL = re.compile(r"<tool_call>.*?(?:</tool_call>|$)", re.S)
 
 
@@ -29,6 +31,9 @@ def reply_from_text(
         content = _HERMES_CALL.sub("", text).strip()
     elif calls and syntax == "llama31" and all(c.error is None for c in calls):
         content = ""
+    elif calls and syntax == "react" and all(c.error is None for c in calls):
+        step = parse_step(text)  # the thought: the prompt dialect writes the calls back after it
+        content = step.thought if step is not None else text
     return Reply(content, calls, None, finish_reason, prompt_tokens, completion_tokens)
 
 

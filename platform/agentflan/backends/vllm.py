@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from agentflan.backends import BackendFailure, Request, Result
 from agentflan.backends.replies import reply_from_text
 from agentflan.config import BackendConfig
+from agentflan.rollout import dialect
 
 
 class VLLMBackend:
@@ -32,6 +33,8 @@ class VLLMBackend:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vllm")
 
     def _run(self, requests: list[Request]) -> list[Result]:
+        prepared = [dialect.request(self.syntax, m, t) for m, t in requests]  # text-call models: ReAct
+        requests = [(m, t) for m, t, _ in prepared]
         out: list[Result] = [BackendFailure("backend_error", "not generated")] * len(requests)
         groups: dict[str, list[int]] = {}  # LLM.chat takes one tools list per call
         for i, (_, tools) in enumerate(requests):
@@ -44,7 +47,7 @@ class VLLMBackend:
                 c = o.outputs[0]
                 finish = "length" if c.finish_reason == "length" else "stop"
                 out[i] = reply_from_text(
-                    c.text, self.syntax, finish, len(o.prompt_token_ids), len(c.token_ids)
+                    c.text, prepared[i][2], finish, len(o.prompt_token_ids), len(c.token_ids)
                 )
         return out
 

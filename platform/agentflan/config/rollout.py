@@ -37,7 +37,7 @@ class AgentBenchDbConfig(_Strict):
     protocol: Literal["auto", "native", "text"] = Field(
         "auto",
         description="native = execute_sql / commit_final_answer tools; text = AgentBench v0.2's "
-        "`Action: Operation` / `Action: Answer` replies; auto = native when data.call_format is native.",
+        "`Action: Operation` / `Action: Answer` replies; auto = native when rollout.call_format is native.",
     )
     limit: int | None = Field(None, gt=0, description="Tasks to run (the first N).")
     max_rounds: int = Field(15, gt=0, description="Replies per task (AgentBench: 15).")
@@ -58,6 +58,13 @@ class RolloutConfig(_Strict):
     backend: BackendConfig = Field(
         default_factory=BackendConfig,
         description="The model that acts (hf default: eval.model, else <output_dir>/model).",
+    )
+    call_format: Literal["auto", "native", "react"] = Field(
+        "auto",
+        description="How tools are offered and calls read: native = tools= to the chat template or server, "
+        "calls from tool_calls or the template's syntax; react = tools in the system prompt, calls as ReAct "
+        "text (models trained with data.call_format chat or react, on a plain template); auto = native for "
+        "an openai backend (a server takes tools=), else data.call_format (chat is prompted in ReAct).",
     )
     max_live: int = Field(
         16,

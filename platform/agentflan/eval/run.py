@@ -211,9 +211,8 @@ def _rollouts(
     plays them when ``rollout.backend`` names the same model (no second load), else their own does."""
     if not cfg.rollout.envs:
         return None
-    from agentflan.calls import syntax_for
     from agentflan.rollout.run import model_path as rollout_model
-    from agentflan.rollout.run import run_rollouts
+    from agentflan.rollout.run import rollout_syntax, run_rollouts
 
     rb = cfg.rollout.backend
     same = rb.kind == cfg.eval.kind == "hf" and rollout_model(cfg) == model_path
@@ -222,7 +221,7 @@ def _rollouts(
     def run(run_id: str) -> dict[str, Any]:
         if not same:
             return run_rollouts(cfg, progress, log_to=run_id)
-        backend.syntax = syntax_for(cfg.data.call_format, cfg.train.model.template)
+        backend.syntax = rollout_syntax(cfg)
         return run_rollouts(cfg, progress, backend=backend, log_to=run_id)
 
     return run

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentflan.backends import Backend, make_backend
-from agentflan.calls import syntax_for
+from agentflan.calls import CallSyntax, syntax_for
 from agentflan.config import Config
 from agentflan.console import count
 from agentflan.rollout import report as rollout_report
@@ -29,12 +29,29 @@ ENVS = {
 }
 
 
+def call_format(cfg: Config) -> str:
+    """``rollout.call_format`` resolved: ``native`` or ``react`` (see :mod:`agentflan.rollout.dialect`)."""
+    fmt = cfg.rollout.call_format
+    if fmt == "auto":
+        fmt = "native" if cfg.rollout.backend.kind == "openai" else cfg.data.call_format
+    return "native" if fmt == "native" else "react"
+
+
+def rollout_syntax(cfg: Config) -> CallSyntax:
+    """How the rollout backend reads replies (and so which prompt dialect it speaks): the native template's
+    syntax (Hermes tags for a template that writes none, as most servers' tool parsers read), or ``react``."""
+    if call_format(cfg) == "react":
+        return "react"
+    template = cfg.train.model.template
+    return syntax_for("native", template if template in ("hermes", "llama31") else "model")
+
+
 def env_kwargs(cfg: Config, name: str) -> dict[str, Any]:
     """The constructor arguments of environment ``name`` from its ``rollout.<name>`` section (unset = the
     environment's own default)."""
     section = getattr(cfg.rollout, name).model_dump()
     if name == "agentbench_db" and section.get("protocol") == "auto":
-        section["protocol"] = "native" if cfg.data.call_format == "native" else "text"
+        section["protocol"] = "native" if call_format(cfg) == "native" else "text"
     if name == "bfcl_multi_turn" and section.get("categories"):
         section["categories"] = tuple(section["categories"])
     return {k: v for k, v in section.items() if v is not None}
@@ -58,7 +75,7 @@ def rollout_backend(cfg: Config) -> Backend:
     b = cfg.rollout.backend
     if b.kind != "openai" and not (Path(model_path(cfg)) / "config.json").exists() and not b.model:
         raise FileNotFoundError(f"no model at {model_path(cfg)}: train first, or set rollout.backend.model")
-    return make_backend(b, syntax_for(cfg.data.call_format, cfg.train.model.template), model_path(cfg))
+    return make_backend(b, rollout_syntax(cfg), model_path(cfg))
 
 
 def run_rollouts(
