@@ -87,8 +87,14 @@ def test_the_console_shows_progress_and_tables_and_the_log_has_the_rest(tmp_path
     assert (out / "logs/ray").is_symlink()  # Ray's own session logs (raylet, workers)
 
 
-def test_a_failure_mid_job_is_one_line_naming_the_log(ray_session, tmp_path, capsys, shared_data):
-    """A worker fails (flash attention asked for on a CPU): one line with the root cause and the log path."""
+def test_a_failure_mid_job_is_one_line_naming_the_log(ray_session, tmp_path, capsys, shared_data, monkeypatch):
+    """A worker fails (flash attention asked for on a CPU): one line with the root cause and the log path.
+
+    Preflight refuses a missing flash-attn package before any work (tests/test_preflight.py); it is switched
+    off here so that the failure happens where this test wants it, inside a training worker."""
+    import agentflan.preflight
+
+    monkeypatch.setattr(agentflan.preflight, "check_optional_packages", lambda cfg, command: None)
     out = tmp_path / "out"
     code = main(
         [
