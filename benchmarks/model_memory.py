@@ -159,7 +159,7 @@ def main() -> None:
     print(f"checkpoint: {n_params / 1e9:.2f}B parameters, {model_gb:.2f} GB in {args.dtype}", flush=True)
 
     env = dict(kv.split("=", 1) for kv in args.env)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     results = {}
     for stage in (int(s) for s in args.stages.split(",")):
         cfg = load_config(

@@ -24,7 +24,7 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
 
 
 def free_port() -> int:
