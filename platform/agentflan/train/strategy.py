@@ -51,8 +51,9 @@ class DeepSpeedStrategy:
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        if not torch.distributed.is_initialized():
-            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        # Always through DeepSpeed: when Ray Train (or an earlier run in this process) already made the torch
+        # group, init_distributed only wraps it; skipping it leaves DeepSpeed's config at world size 1.
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
 
     def prepare(self, module: torch.nn.Module, steps: int) -> Any:
         """The engine around ``module``: AdamW (or DeepSpeed's CPU Adam when the optimizer is offloaded) with
