@@ -44,6 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import gpu_profile
 import gpu_rows
 
 ATTNS = ("flex_attention", "sdpa", "flash_attention_3", "flash_attention_2", "eager")
@@ -259,7 +260,7 @@ def table(results: dict[str, Any]) -> str:
     base = padded.get("tokens_per_s")
     shape = next((r["model"] for r in results["rows"] if "model" in r and r["row"] != "7b"), None)
     if base and shape:
-        mfu = base * gpu_rows.flops_per_token(shape, padded["mean_context"]) / peak
+        mfu = base * gpu_profile.flops_per_token(shape, padded["mean_context"]) / peak
         mem = padded.get("gpu_peak_mem_gib")
         lines.append(
             f"| plain HF loop, sdpa, padded to the longest | {base:,.0f} | {padded['real_token_share']:.0%} | "
@@ -275,7 +276,7 @@ def table(results: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {r['row']} | failed: {_last_line(r['error'])} | | | | | | | |")
             continue
-        mfu = r["tokens_per_s"] * gpu_rows.flops_per_token(r["model"], r["mean_context"]) / peak
+        mfu = r["tokens_per_s"] * gpu_profile.flops_per_token(r["model"], r["mean_context"]) / peak
         vs = f"{r['tokens_per_s'] / base:.2f}x" if base and r["row"] != "7b" else "-"
         mem = f"{r['gpu_peak_mem_gib']:.1f}" if r.get("gpu_peak_mem_gib") else "-"
         phases = " / ".join(f"{r.get(p, 0):.2f}" for p in gpu_rows.PHASES)

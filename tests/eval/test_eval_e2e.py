@@ -59,6 +59,7 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
         "eval.bfcl.max_per_category=2",
+        "rollout.agentbench_db.limit=3",  # the default's rollouts (DB tasks), fewer of them
     ]
     assert main(args) == 0
     report = json.loads((out / "eval/report.json").read_text())
@@ -138,6 +139,15 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     metrics = client(cfg).get_run(summary["run_id"]).data.metrics
     assert "agent_h.h_score" in metrics and "val_loss.reasoning" in metrics and "bfcl.overall" in metrics
     assert "agent_h.irrelevance_rate" in metrics
+
+    # the default's rollouts ran in the same eval: 3 DB tasks, each with an ending and its trajectory,
+    # logged beside the eval metrics
+    rollout = json.loads((out / "rollout/report.json").read_text())
+    db = rollout["envs"]["agentbench_db"]
+    assert db["n"] == 3 and sum(db["endings"].values()) == 3
+    trajectories = [json.loads(x) for x in (out / "rollout/trajectories.jsonl").read_text().splitlines()]
+    assert len(trajectories) == 3 and all(any(m["role"] == "user" for m in t["messages"]) for t in trajectories)
+    assert metrics["rollout.agentbench_db.overall"] == db["overall"]["value"]
     assert "mlflow run" in capsys.readouterr().out
 
 

@@ -46,6 +46,10 @@ def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, 
         "eval.max_hotpot=4",
         "eval.max_tool_use_per_source=4",
         "eval.max_new_tokens=32",
+        # The spec's rollouts (BFCL multi-turn and DB) on the eval's CPU actor, a few episodes each.
+        "rollout.backend={kind: hf, num_actors: 1, use_gpu: false, batch_size: 16, sampling: {max_new_tokens: 32}}",
+        "rollout.bfcl_multi_turn.limit=1",
+        "rollout.agentbench_db.limit=2",
     ]
     assert main(args) == 0, capsys.readouterr().err
     cfg_train = json.loads((out / "train" / "summary.json").read_text())
@@ -93,3 +97,11 @@ def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, 
     report = json.loads((out / "eval/report.json").read_text())
     assert report["quality"]["n"] == sum(report["agent_h"]["per_case"][c]["n"] for c in "abcd") + 8
     assert set(report["validation_loss"]) >= {"reasoning", "understanding"}
+
+    # The rollouts ran as the spec names them: one entry per BFCL category, two DB tasks, every episode with
+    # an ending, and their trajectories written.
+    rollout = json.loads((out / "rollout/report.json").read_text())
+    assert rollout["envs"]["bfcl_multi_turn"]["n"] == 4 and rollout["envs"]["agentbench_db"]["n"] == 2
+    for env in rollout["envs"].values():
+        assert sum(env["endings"].values()) == env["n"]
+    assert len((out / "rollout/trajectories.jsonl").read_text().splitlines()) == 6

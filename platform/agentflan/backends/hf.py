@@ -48,6 +48,20 @@ class ModelWorker:
         return [(g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason) for g in out]
 
 
+def _check_gpus(cfg: BackendConfig, cluster: dict[str, float]) -> None:
+    """A local Ray instance without the GPUs the actors ask for would leave them pending forever: say so now.
+    An instance we joined (``RAY_ADDRESS``) may be an autoscaling cluster that adds GPU nodes, so it is left."""
+    import os
+
+    need = cfg.num_gpus * cfg.num_actors if cfg.use_gpu else 0.0
+    if need and not os.environ.get("RAY_ADDRESS") and cluster.get("GPU", 0.0) + 1e-9 < need:
+        raise RuntimeError(
+            f"use_gpu=true: {cfg.num_actors} model actor(s) need {need:g} GPU(s), this Ray instance has "
+            f"{cluster.get('GPU', 0.0):g}; set use_gpu=false (eval.use_gpu, rollout.backend.use_gpu) or run "
+            "where the GPUs are"
+        )
+
+
 class HFBackend:
     max_batches = 1  # requests that arrive while a batch generates wait and go together in the next
 
@@ -63,11 +77,19 @@ class HFBackend:
             self.context_length = self._local.context_length()
             return
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from agentflan.ray_utils import ensure_ray
 
         ensure_ray()
-        remote = ray.remote(num_cpus=1, num_gpus=cfg.num_gpus if cfg.use_gpu else 0)(ModelWorker)
+        _check_gpus(cfg, ray.cluster_resources())
+        # Outside any placement group the caller runs in: a Tune trial captures its children into its own
+        # one-CPU bundle, which its training workers have just given back but which cannot hold this actor.
+        remote = ray.remote(
+            num_cpus=1,
+            num_gpus=cfg.num_gpus if cfg.use_gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None),
+        )(ModelWorker)
         self._actors = [remote.remote(*args) for _ in range(cfg.num_actors)]
         self.context_length = ray.get(self._actors[0].context_length.remote())  # waits for the load
 

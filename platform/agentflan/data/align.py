@@ -304,7 +304,7 @@ def native_call(tool: str, arguments: str | None, call_id: str) -> dict:
 def native_tools(record_tools: list, calls: list[dict]) -> list[dict]:
     """The record's tools in OpenAI's wrapper, plus a minimal schema (one ``input`` string) for every called
     function the record does not describe (ReAct trajectories name their tools only in their actions)."""
-    from agentflan.data.function_calling import normalize_tools
+    from agentflan.data.tool_schema import normalize_tools
 
     try:
         tools = normalize_tools(

@@ -33,8 +33,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentflan.calls import ToolCall, call_from_json, from_openai, parse_calls, whole_json
+from agentflan.calls import call_from_json, from_openai, parse_calls, whole_json
 from agentflan.data.record import Message
+from agentflan.data.tool_schema import CallError, check_calls, normalize_tools, strict
+
+__all__ = ["FORMATS", "CallError", "detect", "normalize_tools", "read"]  # the readers, and what their callers catch
 
 FORMATS = ("openai", "sharegpt_fc", "glaive_raw", "typed_parts", "xlam", "hermes", "toolace")
 _GLAIVE_BLOCK = re.compile(r"(USER|ASSISTANT|FUNCTION RESPONSE):\s*", re.M)
@@ -45,26 +48,7 @@ _SHAREGPT_ROLES = {
 }  # fmt: skip
 
 
-class CallError(ValueError):
-    """A call that cannot be used: (reason code, detail); readers turn it into a RecordError."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code, self.detail = code, detail
-
-
 # ---------------------------------------------------------------------------------------------- building blocks
-
-
-def strict(call: ToolCall, where: str, call_id: str | None = None) -> dict[str, Any]:
-    """A call read by :mod:`agentflan.calls` as an OpenAI call, or a :class:`CallError` with its code."""
-    if call.error is not None or call.name is None or call.arguments is None:
-        raise CallError(call.error_code or "bad_call", f"{where}: {call.error}")
-    return {
-        "id": call_id or call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
-    }
 
 
 def _json_calls(value: Any, id_prefix: str, where: str) -> list[dict[str, Any]]:
@@ -72,49 +56,6 @@ def _json_calls(value: Any, id_prefix: str, where: str) -> list[dict[str, Any]]:
     ok, parsed = whole_json(value) if isinstance(value, str) else (True, value)
     values = parsed if ok and isinstance(parsed, list) else [value]
     return [strict(call_from_json(v, f"{id_prefix}{k}"), where) for k, v in enumerate(values)]
-
-
-def normalize_tools(tools: Any, where: str = "tools") -> list[dict[str, Any]]:
-    """A list of JSON-schema functions in OpenAI's wrapper, from a list, a JSON string or a ``<tools>`` text."""
-    if tools is None or tools == "":
-        return []
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except ValueError:
-            raise CallError("bad_tools", f"{where} is not JSON") from None
-    if isinstance(tools, Mapping):
-        tools = [tools]
-    if not isinstance(tools, list):
-        raise CallError("bad_tools", f"{where} is {type(tools).__name__}, not a list")
-    out = []
-    for t in tools:
-        if not isinstance(t, Mapping):
-            raise CallError("bad_tools", f"{where}: a tool is {type(t).__name__}, not an object")
-        fn = t["function"] if isinstance(t.get("function"), Mapping) else t
-        if not isinstance(fn.get("name"), str):
-            raise CallError("bad_tools", f"{where}: a tool without a name")
-        out.append({"type": "function", "function": dict(fn)})
-    return out
-
-
-def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
-    return {(t.get("function") or t).get("name", "") for t in tools}
-
-
-def check_calls(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]]) -> None:
-    """Every call names an offered tool (when the record offers any)."""
-    offered = tool_names(tools)
-    if not offered:
-        return
-    for i, m in enumerate(messages):
-        for call in m.tool_calls or []:
-            name = call["function"]["name"]
-            if name not in offered:
-                raise CallError(
-                    "unknown_tool",
-                    f"message {i}: calls {name!r}, which the record does not offer ({', '.join(sorted(offered))})",
-                )
 
 
 def _link_results(messages: list[Message]) -> list[Message]:

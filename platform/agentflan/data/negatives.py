@@ -199,7 +199,7 @@ class NegativeSampler:
         messages = [*req.messages, reply_msg]
         if self.call_format == "native":
             # Natively the tools go to the template (tools=...), not into a system text; the reply makes no call.
-            from agentflan.data.function_calling import normalize_tools
+            from agentflan.data.tool_schema import normalize_tools
 
             tools = normalize_tools(tools)
             messages = [m for m in messages if m.role != "system"]

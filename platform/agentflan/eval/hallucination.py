@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from agentflan.eval.agent_h import CASES, PLAIN_CASES
+from agentflan.eval.first_call import Reply, parse_call
 from agentflan.eval.sources import EvalSample
 from agentflan.eval.stats import Interval, bootstrap, wilson
-from agentflan.eval.tool_calls import Reply, parse_call
 from agentflan.markers import has_react_words, has_tool_phrases
 
 

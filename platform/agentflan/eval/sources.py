@@ -240,7 +240,7 @@ def prompt_messages(
 
 def prompt_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The tools of a native prompt in OpenAI's wrapper (what tool-calling templates take), or None."""
-    from agentflan.data.function_calling import normalize_tools
+    from agentflan.data.tool_schema import normalize_tools
 
     return normalize_tools(tools) or None
 
