@@ -138,6 +138,12 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     metrics = client(cfg).get_run(summary["run_id"]).data.metrics
     assert "agent_h.h_score" in metrics and "val_loss.reasoning" in metrics and "bfcl.overall" in metrics
     assert "agent_h.irrelevance_rate" in metrics
+    # and the contamination of each eval set by the corpus (eval/contamination.md; docs/contamination.md)
+    c = report["contamination"]["sets"]
+    assert (c["agent_h"]["n"], c["tool_use"]["n"], c["bfcl"]["n"]) == (12, 4, 10)
+    for name in ("agent_h", "tool_use", "bfcl", "agentbench_db"):
+        assert metrics[f"contamination.{name}.share"] == c[name]["share"]
+    assert "| agent_h | yes | 12 |" in (out / "eval/contamination.md").read_text()
     assert "mlflow run" in capsys.readouterr().out
 
 
