@@ -30,7 +30,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from agentflan.config import Config
-from agentflan.data.pipeline import corpus_files
 from agentflan.data.record import Record
 from agentflan.eval import bfcl_data
 from agentflan.eval.agent_h import build_agent_h
@@ -189,7 +188,8 @@ def record_texts(records: Iterable[Record]) -> Iterator[str]:
 
 
 def _rows(output_dir: str | Path, columns: list[str]) -> Iterator[dict[str, Any]]:
-    for shard in corpus_files(output_dir):
+    """The corpus shards' rows (``data.pipeline.corpus_files``' glob: the data stage imports this module)."""
+    for shard in sorted((Path(output_dir) / "corpus").glob("part-*.parquet")):
         for batch in pq.ParquetFile(shard).iter_batches(columns=columns, batch_size=2048):
             yield from batch.to_pylist()
 
