@@ -19,9 +19,7 @@ from agentflan.eval.report import flat_metrics
 from agentflan.eval.sources import training_queries
 from agentflan.rollout.envs.agentbench_db import DEFAULT_DATA, load_dbbench
 
-WORDS20 = (
-    "the quick brown fox jumps over the lazy dog while seven wizards quietly hex jolly zebras near a river today"
-)
+WORDS20 = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex jolly zebras near a river today"
 
 
 def test_words_normalise_as_the_janitor_does_and_unicode_too():

@@ -244,7 +244,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"Training text: the user and assistant turns of splits {', '.join(report['rule']['splits'])} "
         f"({c['texts']} texts, {c['words']} words, {c['unique_ngrams']} distinct {report['rule']['n']}-grams; "
         f"index built in {c['seconds']} s; the whole scan {report['seconds']} s). "
-        f"Decontaminate: {report['decontaminate']}.",
+        + (
+            "Decontaminate: on (eval drops the contaminated items before generating)."
+            if report["decontaminate"]
+            else "Decontaminate: off (report only)."
+        ),
         "",
         "| eval set | run by eval | items | contaminated | share [95% CI] | short items (contaminated) | dropped |",
         "|---|---|---|---|---|---|---|",
@@ -256,10 +260,13 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {name}: {why}" for name, why in report["skipped"].items()]
-    for name, s in report["sets"].items():
-        if s["groups"]:
-            cells = ", ".join(f"{g} {v['contaminated']}/{v['n']}" for g, v in s["groups"].items())
-            lines += ["", f"{name} by group: {cells}"]
+    grouped = [(name, s["groups"]) for name, s in report["sets"].items() if s["groups"]]
+    if grouped:
+        lines += ["", "Contaminated by group:", ""]
+    for name, groups in grouped:
+        lines.append(
+            f"- {name}: " + ", ".join(f"{g} {v['contaminated']}/{v['n']}" for g, v in groups.items())
+        )
     worst = [(name, w) for name, s in report["sets"].items() for w in s["worst"]]
     if worst:
         lines += ["", "## Most overlapping items", "", "| set | item | share of its n-grams | matched text |"]
