@@ -150,3 +150,19 @@ def test_eval_generation_benchmark_on_a_checkpoint(llama2_checkpoint):
         # both printed to 0.1: the rate is 8 prompts over the seconds, within the rounding
         assert 8 / (secs + 0.05) - 0.05 <= rate <= (8 / (secs - 0.05) + 0.05 if secs > 0.05 else math.inf)
     assert "same greedy replies with and without the cache: True" in out
+
+
+def test_contamination_benchmark_small():
+    """The data stage's contamination scan on the default corpus and on two copies of it (repeated, distinct)."""
+    out = run("contamination.py", "--copies", "1", "2")
+    rows = {r["corpus"]: r for r in table(out, "corpus")}
+    assert rows.keys() == {"x1", "x2 repeated", "x2 distinct"}
+    one, repeated, distinct = rows["x1"], rows["x2 repeated"], rows["x2 distinct"]
+    grams = "distinct 13-grams"
+    assert number(repeated["words"]) == number(distinct["words"]) == 2 * number(one["words"]) > 100_000
+    assert number(repeated[grams]) == number(one[grams]) > 10_000  # the same text adds no 13-gram
+    assert 1.9 * number(one[grams]) <= number(distinct[grams]) <= 2 * number(one[grams])
+    assert one["items"] == repeated["items"] == distinct["items"] and number(one["items"]) > 100
+    for r in rows.values():
+        assert 0 < number(r["index s"]) <= number(r["step s"])
+        assert number(r["peak RSS MB"]) >= number(r["RSS before MB"]) > 0

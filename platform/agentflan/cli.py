@@ -71,6 +71,9 @@ def summarize_data(manifest: dict[str, Any], out_dir: Path) -> str:
         f"corpus rows: {manifest['rows']['corpus']} {manifest['splits']}   fingerprint: {manifest['fingerprint'][:16]}",
         f"written to {out_dir} (manifest.json, corpus/, quarantine/) in {manifest['seconds']} s",
     ]
+    if c := manifest.get("contamination"):
+        sets = ", ".join(f"{k} {v['contaminated']}/{v['n']}" for k, v in c["sets"].items())
+        parts.append(f"eval items sharing a 13-gram with the corpus: {sets} ({c['report']})")
     q = sum(s["quarantined"] for s in manifest["stages"])
     if q:
         parts.append(f"{q} records quarantined, with file:line and reason, in {out_dir / 'quarantine'}")

@@ -148,6 +148,13 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     trajectories = [json.loads(x) for x in (out / "rollout/trajectories.jsonl").read_text().splitlines()]
     assert len(trajectories) == 3 and all(any(m["role"] == "user" for m in t["messages"]) for t in trajectories)
     assert metrics["rollout.agentbench_db.overall"] == db["overall"]["value"]
+
+    # and the contamination of each eval set by the corpus (eval/contamination.md; docs/contamination.md)
+    c = report["contamination"]["sets"]
+    assert (c["agent_h"]["n"], c["tool_use"]["n"], c["bfcl"]["n"]) == (12, 4, 10)
+    for name in ("agent_h", "tool_use", "bfcl", "agentbench_db"):
+        assert metrics[f"contamination.{name}.share"] == c[name]["share"]
+    assert "| agent_h | yes | 12 |" in (out / "eval/contamination.md").read_text()
     assert "mlflow run" in capsys.readouterr().out
 
 

@@ -50,6 +50,12 @@ class EvalConfig(BackendConfig):
     max_tool_use_per_source: int | None = Field(None, gt=0)
     sampling: SamplingConfig = SamplingConfig(max_new_tokens=128)
     bfcl: BfclConfig = BfclConfig()
+    decontaminate: bool = Field(
+        False,
+        description="Drop every eval item that shares a 13-gram with the training corpus (or, under 13 words, "
+        "occurs in it whole) before generating: Agent-H, tool use, BFCL, rollout tasks, general tasks. false: "
+        "only report the overlap (<output_dir>/eval/contamination.md, written by agentflan data and eval).",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -14,7 +14,8 @@ plans the units, runs the engines, adds up the summaries and writes the manifest
 
 Outputs under ``output_dir``: ``corpus/`` and ``decomposed/`` (parquet shards), ``quarantine/`` (each bad
 record with its reason and ``file:line``), ``filtered/`` (ids and reasons of dropped records) and
-``manifest.json`` (config, fingerprint, per-stage counts, bucket and capability statistics).
+``manifest.json`` (config, fingerprint, per-stage counts, bucket and capability statistics, and the summary of
+``eval/contamination.md``: each eval set's 13-gram overlap with the corpus, :mod:`agentflan.eval.decontaminate`).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def run_data(cfg: Config, progress: Progress = lambda s: None, dashboard: bool =
     summary_a = _pass_a(cfg, files, out, progress)
     pool = tool_pool(cfg, summary_a)
     summary_b = _pass_b(cfg, out / "decomposed", pool, out, cfg.data.engine, progress)
-    return _manifest(
+    manifest = _manifest(
         cfg,
         summary_b,
         summary_a.counts.as_list(),
@@ -285,6 +286,9 @@ def run_data(cfg: Config, progress: Progress = lambda s: None, dashboard: bool =
         nodes=sorted(summary_a.nodes | summary_b.nodes),
         tool_pool_size=len(pool),
     )
+    from agentflan.eval.decontaminate import attach_to_manifest  # eval imports this module
+
+    return attach_to_manifest(cfg, manifest, progress)  # the eval sets' 13-gram overlap with the corpus
 
 
 def remix(cfg: Config, base_dir: str | Path, progress: Progress = lambda s: None) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from agentflan.eval.contamination import flat_metrics as contamination_metrics
+
 
 def _interval_cell(iv: dict[str, Any] | None) -> str:
     if not iv or iv.get("value") is None:
@@ -93,6 +95,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     ]
     for cap, v in report["validation_loss"].items():
         lines.append(f"| {cap} | {v['loss']:.4f} | {v['tokens']} |")
+    if c := report.get("contamination"):
+        lines += ["", "## Contamination (13-gram overlap with the corpus: eval/contamination.md)", ""]
+        lines += ["| eval set | items | contaminated | share | dropped |", "|---|---|---|---|---|"]
+        for name, s in c["sets"].items():
+            share = "-" if s["share"] is None else f"{s['share']:.3f}"
+            lines.append(f"| {name} | {s['n']} | {s['contaminated']} | {share} | {s['dropped']} |")
     if report.get("plots"):
         lines += ["", "## Plots"]
         for title, path in report["plots"].items():
@@ -101,8 +109,8 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.* and each rate's
-    interval as ``<name>.ci_low`` / ``.ci_high`` (None and NaN left out)."""
+    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.*, contamination.*
+    and each rate's interval as ``<name>.ci_low`` / ``.ci_high`` (None and NaN left out)."""
     sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
     out: dict[str, float] = {}
     for name, d in sections.items():
@@ -125,6 +133,7 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         from agentflan.rollout.report import flat_metrics as rollout_metrics
 
         out.update(rollout_metrics(report["rollout"]))
+    out.update(contamination_metrics(report.get("contamination")))
     q = report["quality"]
     out["quality.degenerate_reply_rate"] = float(q["degenerate_reply_rate"]["value"] or 0.0)
     out["quality.too_weak"] = float(q["too_weak"])

@@ -1,7 +1,9 @@
 """``agentflan eval``: build the eval sets, generate with the model on Ray Data, score, report.
 
 1. Agent-H and the tool-use set are built deterministically from ``eval.data_dir``, excluding every user
-   query of the training corpus under ``output_dir`` (the sets are disjoint from training).
+   query of the training corpus under ``output_dir`` (the sets are disjoint from training); then every eval
+   set's 13-gram overlap with the corpus is reported (``eval/contamination.md``), and with
+   ``eval.decontaminate`` the overlapping items are dropped (:mod:`agentflan.eval.decontaminate`).
 2. Replies come from one backend made for the whole run (``eval``'s backend keys; :mod:`agentflan.backends`):
    by default the exported model on long-lived Ray actors, each loading it once (on a GPU with
    ``eval.use_gpu``); or any OpenAI-compatible server (``eval.kind: openai``). With ``rollout.envs`` set, the
@@ -25,15 +27,16 @@ from agentflan.config import Config
 from agentflan.console import count
 from agentflan.data.pipeline import read_corpus
 from agentflan.data.record import Record
-from agentflan.eval import bfcl, bfcl_data
-from agentflan.eval.agent_h import build_agent_h
+from agentflan.eval import bfcl, bfcl_data, decontaminate, eval_sets
+from agentflan.eval.contamination import summary as contamination_summary
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.heldout import heldout_records, validation_loss
 from agentflan.eval.quality import degenerate_count, too_weak
 from agentflan.eval.report import flat_metrics, markdown_report
-from agentflan.eval.sources import EvalSources, prompt_tools, training_queries
+from agentflan.eval.sources import prompt_tools, training_queries
 from agentflan.eval.stats import wilson
-from agentflan.eval.tool_calls import build_tool_use_set, score_tool_use
+from agentflan.eval.tool_calls import score_tool_use
+from agentflan.rollout.types import EnvironmentFactory
 
 
 def eval_backend(cfg: Config, model_path: str) -> Backend:
@@ -79,8 +82,6 @@ def generate(
     return replies
 
 
-
-
 def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     e = cfg.eval
@@ -90,30 +91,13 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     eval_dir = out / "eval"
     progress("eval: building Agent-H and tool-use sets (disjoint from the training corpus)")
     corpus = read_corpus(out) if (out / "corpus").exists() else []
-    exclude = training_queries(corpus)
-    sources = EvalSources.from_dir(e.data_dir)
-    agent_h = build_agent_h(
-        sources,
-        cfg.seed,
-        exclude_queries=exclude,
-        max_per_case=e.max_per_case,
-        max_hotpot=e.max_hotpot,
-        output_format=e.output_format,
-    )
-    tool_use = build_tool_use_set(
-        sources,
-        cfg.seed,
-        exclude_queries=exclude,
-        max_per_source=e.max_tool_use_per_source,
-        output_format=e.output_format,
-    )
+    built = eval_sets.build(cfg, training_queries(corpus))
+    progress("eval: contamination of the eval sets by the corpus (13-gram overlap)")
+    contamination, built = decontaminate.for_eval(cfg, corpus, built)
+    agent_h, tool_use, bfcl_set = built.agent_h, built.tool_use, built.bfcl
     agent_h.write(eval_dir)
     tool_use.write(eval_dir)
     prompts = {s.id: s.messages for s in [*agent_h.samples, *tool_use.samples]}
-    b = e.bfcl
-    bfcl_set = (
-        bfcl_data.prompts(b.data_dir, b.categories, b.max_per_category, e.output_format) if b.data_dir else {}
-    )
     prompts.update({f"bfcl/{qid}": item[3] for qid, item in bfcl_set.items()})
     native_tools = None
     if e.output_format == "native":  # the tools go to the chat template, as a server offers them
@@ -125,7 +109,7 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     backend = eval_backend(cfg, model_path)
     try:
         return _score_and_log(
-            cfg, progress, backend, model_path, prompts, native_tools, agent_h, tool_use, bfcl_set, corpus
+            cfg, progress, backend, model_path, prompts, native_tools, built, corpus, contamination
         )
     finally:
         backend.close()
@@ -138,13 +122,13 @@ def _score_and_log(
     model_path: str,
     prompts: dict[str, Any],
     native_tools: dict[str, Any] | None,
-    agent_h: Any,
-    tool_use: Any,
-    bfcl_set: dict[str, tuple],
+    built: eval_sets.Built,
     corpus: list[Record],
+    contamination: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from agentflan import tracking
 
+    agent_h, tool_use, bfcl_set = built.agent_h, built.tool_use, built.bfcl
     out = Path(cfg.output_dir)
     e = cfg.eval
     eval_dir = out / "eval"
@@ -156,7 +140,9 @@ def _score_and_log(
         native_tools,
         backend,
     )
-    rollouts = _rollouts(cfg, model_path, backend, progress)
+    rollouts = _rollouts(
+        cfg, model_path, backend, progress, decontaminate.rollout_factories(cfg, contamination)
+    )
     progress("eval: scoring")
     every = list(replies.values())
     degenerate = degenerate_count(every)
@@ -176,6 +162,7 @@ def _score_and_log(
             "degenerate_reply_rate": wilson(degenerate, len(every)).to_dict(),
             "too_weak": too_weak(degenerate, len(every)),
         },
+        "contamination": contamination_summary(contamination) if contamination else None,
     }
     report["plots"] = _plots(report, out)
     (eval_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -205,10 +192,15 @@ def _score_and_log(
 
 
 def _rollouts(
-    cfg: Config, model_path: str, backend: Backend, progress: Callable[[str], None]
+    cfg: Config,
+    model_path: str,
+    backend: Backend,
+    progress: Callable[[str], None],
+    factories: dict[str, EnvironmentFactory] | None = None,
 ) -> Callable[[str], dict[str, Any]] | None:
     """With ``rollout.envs`` set: the rollouts, to run once the eval's MLflow run is known. Eval's backend
-    plays them when ``rollout.backend`` names the same model (no second load), else their own does."""
+    plays them when ``rollout.backend`` names the same model (no second load), else their own does.
+    ``factories``: the environments less their contaminated tasks (``eval.decontaminate``)."""
     if not cfg.rollout.envs:
         return None
     from agentflan.rollout.run import model_path as rollout_model
@@ -220,9 +212,9 @@ def _rollouts(
 
     def run(run_id: str) -> dict[str, Any]:
         if not same:
-            return run_rollouts(cfg, progress, log_to=run_id)
+            return run_rollouts(cfg, progress, factories=factories, log_to=run_id)
         backend.syntax = rollout_syntax(cfg)
-        return run_rollouts(cfg, progress, backend=backend, log_to=run_id)
+        return run_rollouts(cfg, progress, backend=backend, factories=factories, log_to=run_id)
 
     return run
 
