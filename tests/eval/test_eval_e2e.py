@@ -138,6 +138,13 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     metrics = client(cfg).get_run(summary["run_id"]).data.metrics
     assert "agent_h.h_score" in metrics and "val_loss.reasoning" in metrics and "bfcl.overall" in metrics
     assert "agent_h.irrelevance_rate" in metrics
+    # general capability: lm-eval on the shipped GSM8K / MMLU sample (4 items each), after the agent evals
+    general = report["general"]["tasks"]
+    assert {t: r["n"] for t, r in general.items()} == {"agentflan_gsm8k": 4, "agentflan_mmlu_abstract_algebra": 4}
+    mmlu = general["agentflan_mmlu_abstract_algebra"]
+    assert f"| agentflan_mmlu_abstract_algebra | acc | 4 | {mmlu['value']:.3f} |" in md
+    assert metrics["general.agentflan_mmlu_abstract_algebra"] == mmlu["value"]
+    assert "general.agentflan_gsm8k.ci_high" in metrics
     assert "mlflow run" in capsys.readouterr().out
 
 
