@@ -114,6 +114,7 @@ class SmallJob:
             "train.global_batch_size=4",
             "train.micro_batch_size=1",
             "train.checkpoint_every=2",
+            "eval.general.limit=4",  # lm-eval's GSM8K / MMLU on 4 items each: the wiring, in seconds
             *extra,
         ]
 

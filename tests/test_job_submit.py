@@ -100,6 +100,7 @@ def test_ray_job_submit_runs_the_main_job(ray_head, tmp_path, check_job_outputs)
         "eval.max_hotpot=1",
         "eval.max_tool_use_per_source=1",
         "eval.max_new_tokens=4",
+        "eval.general.limit=2",
     ]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--"]
     cmd += ["agentflan", "run", "pipelines/local.yaml", *overrides]

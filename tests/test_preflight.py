@@ -27,6 +27,8 @@ from agentflan.preflight import PreflightError, check_optional_packages, require
          "train.model.attn_implementation=flash_attention_3 needs the flash_attn_interface package"),
         ("data", "data.negatives.responder={kind: vllm, model: /tmp}", "vllm",
          "data.negatives.responder.kind=vllm needs the vllm package, which is not installed: pip install vllm"),
+        ("eval", "eval.general.tasks=[agentflan_gsm8k]", "lm_eval",
+         "eval.general.tasks needs the lm_eval package, which is not installed: pip install 'lm-eval>=0.4.13,<0.5' (a base dependency: pip install -e . brings it)"),
     ],
 )  # fmt: skip
 def test_a_missing_optional_package_is_named_before_any_work(

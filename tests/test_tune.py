@@ -124,6 +124,7 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "eval.max_hotpot=0",
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
+        "eval.general.limit=2",
         "tune.resources_per_worker={CPU: 0.5}",
     ]
     assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0

@@ -66,6 +66,7 @@ def test_the_whole_job_runs_across_two_nodes(tmp_path, shared_data, check_job_ou
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
         "eval.bfcl.max_per_category=1",
+        "eval.general.limit=2",
     ]
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(result), *overrides],

@@ -31,6 +31,7 @@ INSTALL_HINTS = {
     "vllm": "pip install vllm (on the GPU workers)",
     "bfcl_eval": "pip install --no-deps bfcl-eval==2026.3.23 mpmath",
     "mpmath": "pip install --no-deps bfcl-eval==2026.3.23 mpmath",
+    "lm_eval": "pip install 'lm-eval>=0.4.13,<0.5' (a base dependency: pip install -e . brings it)",
 }
 # The package transformers needs for each flash attention implementation.
 FLASH_ATTN_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
@@ -117,6 +118,8 @@ def check_optional_packages(cfg: Config, command: str) -> None:
     responder = cfg.data.negatives.responder
     if command in ("data", "train", "run", "tune") and responder.kind == "vllm":
         require_module("vllm", "data.negatives.responder.kind=vllm")
+    if cfg.eval.general.tasks and _evaluates(cfg, command):
+        require_module("lm_eval", "eval.general.tasks")
     if command in ("rollout", "eval", "run") and "bfcl_multi_turn" in cfg.rollout.envs:
         require_module("bfcl_eval", "rollout.envs=[bfcl_multi_turn]")
         require_module("mpmath", "rollout.envs=[bfcl_multi_turn]")
@@ -146,6 +149,24 @@ def preflight(cfg: Config, command: str) -> None:
         check_mixture_keys(cfg, [f.source for f in files])
     check_optional_packages(cfg, command)
     check_models(cfg, command)
+    check_general_data(cfg, command)
+
+
+def _evaluates(cfg: Config, command: str) -> bool:
+    """The command runs ``agentflan eval`` (a Tune study's trials do unless tune.evaluate is false)."""
+    return command in ("eval", "run") or (command == "tune" and cfg.tune.evaluate)
+
+
+def check_general_data(cfg: Config, command: str) -> None:
+    """The files of every general task (eval.general) are under its data_dir."""
+    if not cfg.eval.general.tasks or not _evaluates(cfg, command):
+        return
+    from agentflan.eval.general.tasks import GeneralTaskError, resolve
+
+    try:
+        resolve(cfg.eval.general)
+    except GeneralTaskError as e:
+        raise PreflightError(str(e)) from None
 
 
 @contextlib.contextmanager

@@ -155,6 +155,14 @@ def test_eval_cli_on_a_trained_model(trained, shared_data, capsys):
     for name in ("agent_h", "tool_use", "bfcl", "agentbench_db"):
         assert metrics[f"contamination.{name}.share"] == c[name]["share"]
     assert "| agent_h | yes | 12 |" in (out / "eval/contamination.md").read_text()
+
+    # general capability: lm-eval on the shipped GSM8K / MMLU sample (4 items each), after the agent evals
+    general = report["general"]["tasks"]
+    assert {t: r["n"] for t, r in general.items()} == {"agentflan_gsm8k": 4, "agentflan_mmlu_abstract_algebra": 4}
+    mmlu = general["agentflan_mmlu_abstract_algebra"]
+    assert f"| agentflan_mmlu_abstract_algebra | acc | 4 | {mmlu['value']:.3f} |" in md
+    assert metrics["general.agentflan_mmlu_abstract_algebra"] == mmlu["value"]
+    assert "general.agentflan_gsm8k.ci_high" in metrics
     assert "mlflow run" in capsys.readouterr().out
 
 

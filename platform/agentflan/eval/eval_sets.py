@@ -19,7 +19,6 @@ or not ``rollout.envs`` names them; ``runs`` says whether ``agentflan eval`` pla
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 from collections.abc import Iterable, Iterator
@@ -144,12 +143,10 @@ def rollout_items(cfg: Config) -> tuple[list[EvalItems], dict[str, str]]:
 
 
 def general_items(cfg: Config) -> tuple[list[EvalItems], dict[str, str]]:
-    """GSM8K, MMLU, ... through ``agentflan.eval.general.eval_items(cfg)`` (task -> [(item id, text)]), when
-    that module exists in this install; sets named ``general.<task>``."""
-    try:
-        eval_items = importlib.import_module("agentflan.eval.general").eval_items
-    except (ImportError, AttributeError):
-        return [], {}
+    """GSM8K, MMLU, ... through :func:`agentflan.eval.general.eval_items` (task -> [(item id, text)]); sets
+    named ``general.<task>``."""
+    from agentflan.eval.general import eval_items
+
     try:  # {} when the config names no general tasks
         tasks = eval_items(cfg)
     except (OSError, ValueError, KeyError, RuntimeError) as e:  # a task's data cannot be read here

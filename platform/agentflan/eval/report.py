@@ -86,6 +86,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         ]
         for category, iv in report["bfcl"]["summary"].items():
             lines.append(f"| {category} | {_interval_cell(iv)} |")
+    if report.get("general"):
+        lines += general_section(report["general"])
     lines += [
         "",
         "## Held-out loss per capability",
@@ -108,8 +110,54 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def general_section(general: dict[str, Any]) -> list[str]:
+    """GSM8K / MMLU through lm-eval: each task's metric (and its other filters) with n and the normal 95%
+    interval from lm-eval's stderr, and the command that reproduces the numbers with lm-eval's own CLI."""
+    lines = [
+        "",
+        "## General capability (lm-evaluation-harness)",
+        "",
+        "| task | metric | n | value | 95% CI |",
+        "|---|---|---|---|---|",
+    ]
+    for task, row in general["tasks"].items():
+        for r in [row, *row.get("also", {}).values()]:
+            metric = r["metric"] if r["filter"] in ("none", "") else f"{r['metric']} ({r['filter']})"
+            if r["value"] is None:
+                lines.append(f"| {task} | {metric} | {r['n']} | - | - |")
+                continue
+            ci = "-" if r["low"] is None else f"[{r['low']:.3f}, {r['high']:.3f}]"
+            lines.append(f"| {task} | {metric} | {r['n']} | {r['value']:.3f} | {ci} |")
+    excluded = {t: r["excluded"] for t, r in general["tasks"].items() if r.get("excluded")}
+    if excluded:
+        lines += ["", "Excluded (contaminated) items: " + ", ".join(f"{t} {k}" for t, k in excluded.items())]
+    lines += [
+        "",
+        "Intervals: value ± 1.96 × lm-eval's stderr, clipped to [0, 1]. "
+        "The same numbers from lm-eval's CLI:",
+        "",
+        f"    {general['command']}",
+    ]
+    return lines
+
+
+def general_metrics(general: dict[str, Any]) -> dict[str, float]:
+    """``general.<task>`` (its primary metric) with ``.ci_low`` / ``.ci_high``; a task without a value (no
+    item left) is left out."""
+    out: dict[str, float] = {}
+    for task, row in general["tasks"].items():
+        if row["value"] is None:
+            continue
+        out[f"general.{task}"] = float(row["value"])
+        if row["low"] is not None:
+            out[f"general.{task}.ci_low"] = float(row["low"])
+            out[f"general.{task}.ci_high"] = float(row["high"])
+    return out
+
+
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.*, contamination.*
+    """The report's numbers as MLflow metrics: agent_h.*, tool_use.*, val_loss.*, quality.*, bfcl.*, general.*,
+    contamination.*
     and each rate's interval as ``<name>.ci_low`` / ``.ci_high`` (None and NaN left out)."""
     sections = {"agent_h": report["agent_h"], "tool_use": report["tool_use"]["overall"]}
     out: dict[str, float] = {}
@@ -129,6 +177,8 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
                 float(iv["low"]),
                 float(iv["high"]),
             )
+    if report.get("general"):  # added by run_eval after the agent evals (a Tune trial reads it here)
+        out.update(general_metrics(report["general"]))
     if report.get("rollout"):  # added by run_eval after its own metrics are logged (a Tune trial reads it)
         from agentflan.rollout.report import flat_metrics as rollout_metrics
 

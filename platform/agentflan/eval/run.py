@@ -13,6 +13,9 @@
    split.
 4. ``eval/report.json``, ``eval/report.md``, and MLflow metrics in the run that trained the model (found
    through ``train/summary.json``), else in a new run.
+5. With ``eval.general.tasks`` set, once the backend's actors are gone: GSM8K / MMLU through
+   lm-evaluation-harness on the HF model (:mod:`agentflan.eval.general`), added to the report as ``general``
+   and to MLflow as ``general.<task>``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ from agentflan.data.pipeline import read_corpus
 from agentflan.data.record import Record
 from agentflan.eval import bfcl, bfcl_data, decontaminate, eval_sets
 from agentflan.eval.contamination import summary as contamination_summary
+from agentflan.eval.general.run import general_model
 from agentflan.eval.hallucination import score_agent_h
 from agentflan.eval.heldout import heldout_records, validation_loss
 from agentflan.eval.quality import degenerate_count, too_weak
-from agentflan.eval.report import flat_metrics, markdown_report
+from agentflan.eval.report import flat_metrics, general_metrics, markdown_report
 from agentflan.eval.sources import prompt_tools, training_queries
 from agentflan.eval.stats import wilson
 from agentflan.eval.tool_calls import score_tool_use
@@ -88,6 +92,9 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     model_path = e.model or str(out / "model")
     if e.kind == "hf" and not (Path(model_path) / "config.json").exists() and not e.model:
         raise FileNotFoundError(f"no model at {model_path}: train first, or pass model=PATH")
+    if e.general.tasks and not (Path(general_model(cfg)) / "config.json").exists():
+        # before the agent evals: their minutes are not spent on a run that cannot finish
+        raise FileNotFoundError(f"eval.general: no model at {general_model(cfg)}: train first, or model=PATH")
     eval_dir = out / "eval"
     progress("eval: building Agent-H and tool-use sets (disjoint from the training corpus)")
     corpus = read_corpus(out) if (out / "corpus").exists() else []
@@ -108,11 +115,37 @@ def run_eval(cfg: Config, progress: Callable[[str], None] = lambda s: None) -> d
     progress(f"eval: generating {len(prompts)} replies with {model_path}")
     backend = eval_backend(cfg, model_path)
     try:
-        return _score_and_log(
+        report = _score_and_log(
             cfg, progress, backend, model_path, prompts, native_tools, built, corpus, contamination
         )
     finally:
         backend.close()
+    if e.general.tasks:
+        _add_general(cfg, report, progress, decontaminate.general_exclude(cfg, contamination))
+    return report
+
+
+def _add_general(
+    cfg: Config,
+    report: dict[str, Any],
+    progress: Callable[[str], None],
+    exclude: dict[str, set[str]] | None,
+) -> None:
+    """GSM8K / MMLU (eval.general) after the agent evals, in this process: the report is written again with
+    its ``general`` section, and ``general.*`` logged into the same MLflow run."""
+    from agentflan import tracking
+    from agentflan.eval.general import run_general
+
+    eval_dir = Path(cfg.output_dir) / "eval"
+    report["general"] = run_general(cfg, exclude=exclude, progress=progress)
+    saved = {k: v for k, v in report.items() if k not in ("rollout", "mlflow_run_id")}
+    (eval_dir / "report.json").write_text(json.dumps(saved, indent=2, default=str))
+    (eval_dir / "report.md").write_text(markdown_report(report))
+    run_id = report["mlflow_run_id"]
+    tracking.log_metrics(cfg, run_id, general_metrics(report["general"]), step=0)
+    for name in ("report.json", "report.md"):
+        tracking.client(cfg).log_artifact(run_id, str(eval_dir / name), "eval")
+    tracking.client(cfg).log_artifact(run_id, str(eval_dir / "general" / "results.json"), "eval/general")
 
 
 def _score_and_log(

@@ -58,7 +58,7 @@ _RELATIVE = re.compile(r"^x(\d+(?:\.\d*)?|\.\d+)$")
 METRIC = re.compile(
     r"^(val_loss|loss|step|trial_seconds|val_loss\.\w+|quality\.degenerate_reply_rate"
     r"|(agent_h\.(h_react|h_general|h_score|missed_call_rate|combined|plain_call_rate|irrelevance_rate)"
-    r"|bfcl\.\w+|rollout\.\w+\.\w+"
+    r"|bfcl\.\w+|rollout\.\w+\.\w+|general\.agentflan_\w+"
     r"|tool_use\.(retrieval|understanding_exact|understanding_f1|instruction_following))(\.ci_(low|high))?"
     r"|tool_use\.n)$"
 )
@@ -169,6 +169,22 @@ def arm_label(value: Any) -> str:
     return str(value.get("label", value)) if isinstance(value, dict) else str(value)
 
 
+def _check_general(space: SearchSpace, spec: Config) -> None:
+    """A ``general.<task>`` metric names a task the spec scores (``eval.general.tasks``; ``agentflan_mmlu``
+    also brings each subject found under its data_dir): otherwise no trial would ever report it."""
+    from agentflan.config.eval import MMLU_GROUP
+
+    tasks = spec.eval.general.tasks
+    metrics = [("objective.metric", space.objective.metric), *(("report.columns", c) for c in space.report.columns)]
+    for where, metric in metrics:
+        if not metric.startswith("general."):
+            continue
+        task = metric.split(".")[1]
+        if task not in tasks and not (MMLU_GROUP in tasks and task.startswith(MMLU_GROUP + "_")):
+            scored = ", ".join(tasks) or "none"
+            raise SpaceError(f"{where}: {metric} needs {task} in eval.general.tasks (the spec scores: {scored})")
+
+
 def _check(space: SearchSpace, spec: Config) -> None:
     for name, domain in space.params.items():
         where = f"params.{name}"
@@ -216,10 +232,11 @@ def _check(space: SearchSpace, spec: Config) -> None:
     needs_eval = [
         m
         for m in [space.objective.metric, *space.report.columns]
-        if m.split(".")[0] in ("agent_h", "tool_use", "rollout")
+        if m.split(".")[0] in ("agent_h", "tool_use", "rollout", "general")
     ]
     if needs_eval and not spec.tune.evaluate:
         raise SpaceError(f"objective/report use {needs_eval[0]}, but tune.evaluate is false")
+    _check_general(space, spec)
     if space.scheduler.kind == "asha" and not space.scheduler.metric.startswith(("val_loss", "loss")):
         raise SpaceError("scheduler.metric: ASHA acts on training-time metrics (loss, val_loss)")
 
