@@ -30,8 +30,8 @@ cluster.wait_for_nodes()
 from agentflan.cli import main
 
 code = main(["run", "pipelines/local.yaml", *sys.argv[2:]])
-workers = [a for a in list_actors(detail=True, limit=1000) if "TrainWorker" in a.class_name]
-tasks = [t for t in list_tasks(detail=True, limit=10000) if "_pass_a_task" in t.name]
+workers = [a for a in list_actors(cluster.address, detail=True, limit=1000) if "TrainWorker" in a.class_name]
+tasks = [t for t in list_tasks(cluster.address, detail=True, limit=10000) if "_pass_a_task" in t.name]
 json.dump(
     {
         "code": code,

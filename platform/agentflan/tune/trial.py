@@ -56,6 +56,12 @@ def trial_config(ctx: StudyContext, values: dict[str, Any], trial_id: str) -> Co
         pinned["train.scaling.num_workers"] = t.num_workers
     if t.resources_per_worker:
         pinned["train.scaling.resources_per_worker"] = t.resources_per_worker
+    # A CPU trial evaluates in its own process, on the CPU it holds (tune.trial_resources): an actor would need
+    # a CPU outside the trial's bundle, which the next trial's trainers may hold, and leave the trial pending.
+    if not spec.eval.use_gpu:
+        pinned["eval.num_actors"] = 0
+    if not spec.rollout.backend.use_gpu:
+        pinned["rollout.backend.num_actors"] = 0
     return apply(spec, {**overrides, **pinned})
 
 
