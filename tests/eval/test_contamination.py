@@ -139,9 +139,10 @@ def test_data_stage_reports_planted_items_and_not_clean_ones(planted):
     worst = {w["id"]: w for w in report["sets"]["agentbench_db"]["worst"]}
     assert worst[bad["agentbench_db"]]["share"] == 1.0  # every 13-gram of the question is in the corpus
     assert {"agent_h", "tool_use", "bfcl", "agentbench_db"} <= set(report["sets"])
-    assert report["sets"]["agentbench_db"]["runs"] is False and report["sets"]["tool_use"]["runs"] is True
+    # the default plays its DB tasks (rollout.envs), so they count as run by eval
+    assert report["sets"]["agentbench_db"]["runs"] is True and report["sets"]["tool_use"]["runs"] is True
     md = (out / "eval/contamination.md").read_text()
-    assert f"`{bad['tool_use']}`" in md and "| agentbench_db | no | 8 |" in md
+    assert f"`{bad['tool_use']}`" in md and "| agentbench_db | yes | 8 |" in md
     assert report["corpus"]["words"] > 10_000 and report["rule"]["splits"] == ["train"]
 
 
@@ -182,10 +183,15 @@ def test_decontaminate_drops_planted_items_before_generation(planted):
     assert "| tool_use | yes |" in (Path(cfg.output_dir) / "eval/contamination.md").read_text()
 
 
-def test_general_sets_through_the_guarded_import(planted, monkeypatch):
+def test_general_sets_are_scanned_and_their_contaminated_items_excluded(planted, monkeypatch):
     overrides = planted[0]
     cfg = load_config("pipelines/local.yaml", [*overrides, "eval.decontaminate=true"])
-    assert eval_sets.general_items(cfg) == ([], {})  # no agentflan.eval.general here: nothing, no error
+    sets, skipped = eval_sets.general_items(cfg)  # the default's lm-eval tasks, on the shipped samples
+    assert not skipped and {s.name: len(s.items) for s in sets} == {
+        "general.agentflan_gsm8k": 40,
+        "general.agentflan_mmlu_abstract_algebra": 100,
+    }
+    # a general task whose item is planted in the corpus: found, and excluded for the lm-eval runner
     question = load_dbbench(DEFAULT_DATA, 8)[0].data["description"]  # planted in the corpus
     fake = types.ModuleType("agentflan.eval.general")
     fake.eval_items = lambda c: {"gsm8k": [("7", question), ("8", "Natalia sold clips to 48 of her friends")]}
