@@ -22,7 +22,15 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+from agentflan.ray_utils import free_port
+
+# A dashboard port of its own: the test session's Ray holds the default one, and without a dashboard the
+# state API below (list_actors, list_tasks) cannot answer.
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": True,
+                    "dashboard_port": free_port()},
+)
 cluster.add_node(num_cpus=1, resources={"second": 1})
 ray.init(address=cluster.address, log_to_driver=False)
 cluster.wait_for_nodes()

@@ -10,6 +10,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,11 +91,15 @@ def _cfg(out: Path, *extra: str):
 @pytest.fixture
 def no_network(monkeypatch):
     """Every connection attempt in this process is refused and counted (a library that swallows the error
-    is still caught): none may be tried, so nothing downloads."""
+    is still caught): none may be tried, so nothing downloads. Threads that were already running when the
+    test began (an earlier test's library retrying in the background) are refused but not counted: they are
+    not this run's."""
     tried: list[tuple] = []
+    earlier = {t.ident for t in threading.enumerate()} - {threading.main_thread().ident}
 
     def refuse(*args, **kwargs):
-        tried.append(args[:2])
+        if threading.get_ident() not in earlier:
+            tried.append((threading.current_thread().name, *args[:2]))
         raise OSError("network access refused by the test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)

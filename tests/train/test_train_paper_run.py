@@ -50,6 +50,9 @@ def test_paper_spec_on_a_small_llama_checkpoint(ray_session, llama2_checkpoint, 
         "rollout.backend={kind: hf, num_actors: 1, use_gpu: false, batch_size: 16, sampling: {max_new_tokens: 32}}",
         "rollout.bfcl_multi_turn.limit=1",
         "rollout.agentbench_db.limit=2",
+        # The spec's general tasks (GSM8K, MMLU) on the shipped samples, a few items each.
+        f"eval.general.data_dir={SAMPLE}/general_eval",
+        "eval.general.limit=4",
     ]
     assert main(args) == 0, capsys.readouterr().err
     cfg_train = json.loads((out / "train" / "summary.json").read_text())
