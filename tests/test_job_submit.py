@@ -1,10 +1,11 @@
 """The main job as users run it on a cluster: `ray job submit --working-dir . -- agentflan run ...` against a
-real Ray head started here (`ray start --head`), then the outputs are checked and the head is stopped."""
+real Ray head started here (`ray start --head`), then the outputs are checked and the head is killed."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,7 @@ def ray_head():
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the head and everything it started stop together
     )
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
@@ -76,10 +78,11 @@ def ray_head():
             break
         time.sleep(2)
     else:
-        head.terminate()
+        os.killpg(head.pid, signal.SIGKILL)
         pytest.fail("the Ray head did not come up")
     yield address, env
-    head.terminate()
+    # SIGKILL to the group: a throwaway head needs no graceful stop (SIGTERM took ~30 s of teardown)
+    os.killpg(head.pid, signal.SIGKILL)
     head.wait(timeout=60)
     shutil.rmtree(temp_dir, ignore_errors=True)
 

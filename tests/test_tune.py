@@ -125,6 +125,7 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
         "eval.general.limit=2",
+        "rollout.envs=[]",  # rollouts in a trial are eval's (tests/eval); here the study's wiring
         "tune.resources_per_worker={CPU: 0.5}",
     ]
     assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
@@ -172,6 +173,7 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         assert ch.info.status == "FINISHED"
         assert ch.data.params["trial.arm"] in ("w/o negatives", "w/ negatives")
         assert {"loss", "val_loss", "agent_h.h_score", "tool_use.retrieval"} <= set(ch.data.metrics)
+        assert "general.agentflan_mmlu_abstract_algebra" in ch.data.metrics  # general scores beside agent ones
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "results.md", "search_space.json", "plots"} <= artifacts
     plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
