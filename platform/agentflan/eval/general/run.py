@@ -9,13 +9,15 @@ task folder (``report["command"]``) gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
+import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,29 @@ def run_general(
     }
 
 
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Nothing goes to the network while lm-eval runs, whenever ``datasets`` was imported. ``datasets`` reads
+    ``HF_HUB_OFFLINE`` once, at import, and otherwise pings S3 to count a "download" of every local ``json``
+    load (``datasets.load.increase_load_count``); an earlier stage of the job may have imported it online."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, hub.HF_HUB_OFFLINE)
+    env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, hub.HF_HUB_OFFLINE = True, False, True
+    os.environ.update({k: "1" for k in env})
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS, hub.HF_HUB_OFFLINE = saved
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def evaluate(
     model_path: str, tasks: list[str], include_path: str, batch_size: int, device: str
 ) -> dict[str, Any] | None:
@@ -116,14 +141,16 @@ def evaluate(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model_path, device=device, batch_size=batch_size)
+    with hub_offline():
+        lm = HFLM(pretrained=model_path, device=device, batch_size=batch_size)
     try:
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            task_manager=TaskManager(include_path=include_path, include_defaults=False),
-            log_samples=True,
-        )
+        with hub_offline():
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                task_manager=TaskManager(include_path=include_path, include_defaults=False),
+                log_samples=True,
+            )
     finally:
         del lm
         gc.collect()
