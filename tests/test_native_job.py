@@ -27,6 +27,8 @@ def native_run(ray_session, tmp_path_factory):
             "eval.max_tool_use_per_source=4",
             "eval.max_new_tokens=16",
             "eval.bfcl.max_per_category=2",
+            "eval.general.limit=2",
+            "rollout.agentbench_db.limit=2",
         ]
     )
     assert code == 0
@@ -53,3 +55,5 @@ def test_the_native_job_runs_end_to_end(native_run):
     assert report["tool_use_set"]["output_format"] == "native"
     assert report["tool_use"]["overall"]["n"] == 8  # 4 per source, offered through the chat template
     assert set(report["validation_loss"]) >= {"reasoning", "retrieval", "understanding"}
+    rollout = json.loads((native_run / "rollout" / "report.json").read_text())
+    assert rollout["envs"]["agentbench_db"]["n"] == 2  # DB tasks played with native tools after the eval

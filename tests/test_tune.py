@@ -124,6 +124,8 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "eval.max_hotpot=0",
         "eval.max_tool_use_per_source=2",
         "eval.max_new_tokens=8",
+        "eval.bfcl.max_per_category=1",
+        "eval.general.tasks=[agentflan_mmlu_abstract_algebra]",  # scored by log-likelihood: no generation
         "eval.general.limit=2",
         "rollout.envs=[]",  # rollouts in a trial are eval's (tests/eval); here the study's wiring
         "tune.resources_per_worker={CPU: 0.5}",
@@ -292,3 +294,30 @@ def test_trials_asha_stopped_leave_their_child_runs_killed(tmp_path):
         run[completed].info.status == "FINISHED" and "agentflan.trial_status" not in run[completed].data.tags
     )
     assert run[other_study].info.status == "RUNNING" and run[unlisted].info.status == "RUNNING"
+
+
+def test_the_ablation_table_pairs_arms_by_seed(tmp_path):
+    """``benchmarks/ablation_table.py`` re-reads finished trials: per arm the mean over seeds, and each arm's
+    difference from the reference arm on the same seed, told apart from zero only when its interval is."""
+    import subprocess
+    import sys
+
+    study = tmp_path / "study"
+    h = {("w/o negatives", 0): 0.5, ("w/o negatives", 1): 0.6, ("w/o negatives", 2): 0.7}
+    h |= {("w/ negatives", s): v + 0.1 + 0.01 * s for (_, s), v in list(h.items())}  # +0.10, +0.11, +0.12
+    for i, ((arm, seed), score) in enumerate(sorted(h.items())):
+        trial = study / "trials" / f"t{i}"
+        trial.mkdir(parents=True)
+        metrics = {"agent_h.h_score": score, "trial_seconds": 1.0}
+        config = {"arm": {"label": arm}, "seed": seed}
+        (trial / "trial.json").write_text(json.dumps({"trial_id": f"t{i}", "config": config, "metrics": metrics}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/ablation_table.py"), str(study),
+         str(REPO / "tune_spaces/ablation_negatives.yaml"), "--reference", "w/o negatives"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    # per arm, the intervals overlap ...
+    assert "| w/o negatives | - | - | 0.600 ± 0.100 [0.352, 0.848] (3) | - |" in proc.stdout
+    assert "| w/ negatives | - | - | 0.710 ± 0.110 [0.437, 0.983] (3) | - |" in proc.stdout
+    # ... paired by seed, the arms are told apart: mean 0.11, sd 0.01, so 0.11 ± 4.303 * 0.01 / sqrt(3)
+    assert "| w/ negatives | - | - | +0.110 [+0.085, +0.135] * | - |" in proc.stdout
