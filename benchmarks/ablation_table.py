@@ -8,10 +8,15 @@ cannot show: each arm's difference from the reference arm on the *same* seed (th
 held-out split), with the 95% t-interval of the mean difference over seeds. With 3 seeds the t quantile is
 4.30: a difference is told apart from zero only when it is about 2.5 times its spread over seeds.
 
-    python benchmarks/ablation_table.py STUDY_DIR SPACE.yaml [--reference LABEL]
+    python benchmarks/ablation_table.py STUDY_DIR [STUDY_DIR ...] SPACE.yaml [--reference LABEL]
+
+Several study directories are read as one study: an arm run later, in a space of its own with the same
+study name, joins the arms run before it.
 
     python benchmarks/ablation_table.py outputs/ablations/negatives/tune/ablation_negatives \\
         tune_spaces/ablation_negatives.yaml --reference "w/o negatives"
+
+The paths of a study's trials also name the study directory: ``<output_dir>/tune/<study name>``.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ from agentflan.tune.space import arm_label, load_space
 REPO = Path(__file__).resolve().parents[1]
 
 
-def trial_rows(study: Path) -> list[dict]:
+def trial_rows(studies: list[Path]) -> list[dict]:
     """One row per finished trial, as the study's own table builds it (``tune.report.trial_row``)."""
     rows = []
-    for path in sorted(study.glob("trials/*/trial.json")):
+    for path in (p for study in studies for p in sorted(study.glob("trials/*/trial.json"))):
         t = json.loads(path.read_text())
         rows.append(report.trial_row(t["trial_id"], t["config"], t["metrics"], error=False))
     return rows
@@ -79,14 +84,16 @@ def paired(rows: list[dict], columns: dict[str, str], reference: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", type=Path, help="the study's directory (<output_dir>/tune/<study name>)")
-    parser.add_argument("space", type=Path, help="its search space; its report columns are the table's")
+    parser.add_argument("paths", type=Path, nargs="+", help="the study's directories, then its space")
     parser.add_argument("--reference", help="the arm the others are compared with (default: the first)")
     args = parser.parse_args()
-    space = load_space(args.space, load_config(REPO / "pipelines/local.yaml"))
-    rows = trial_rows(args.study)
-    if not rows:
-        raise SystemExit(f"{args.study}: no trials/*/trial.json (is it a finished study's directory?)")
+    *studies, space_path = args.paths
+    space = load_space(space_path, load_config(REPO / "pipelines/local.yaml"))
+    rows = trial_rows(studies)
+    if not studies or not rows:
+        raise SystemExit(
+            f"{studies}: no trials/*/trial.json (give finished studies' directories, then the space)"
+        )
     reference = args.reference or arm_label(space.params["arm"].grid[0])
     print(report.paper_table(rows, space))
     print()
