@@ -298,3 +298,25 @@ def _check_job_outputs(out: Path, overrides: list[str], per_case: int) -> dict:
 def check_job_outputs():
     """``f(out, overrides, per_case)``: the outputs of a 2-step whole job checked as a user reads them."""
     return _check_job_outputs
+
+
+def _own_ray_process(*needles: str) -> int | None:
+    """The pid of a process started by this pytest process (Ray's raylet and workers are its descendants) whose
+    command line holds every needle, else None. Tests that SIGKILL a Ray worker find it here, never in ``ps``
+    of the whole machine: a job or study running beside the suite has workers of the same name."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if all(n in cmdline for n in needles):
+            return child.pid
+    return None
+
+
+@pytest.fixture
+def own_ray_process():
+    """``own_ray_process(*needles)``: see ``_own_ray_process``."""
+    return _own_ray_process

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -207,27 +206,27 @@ def test_ray_tasks_write_the_same_shards_as_the_local_engine(ray_session, shared
     assert on_ray["nodes"] and not local["nodes"]
 
 
-def _kill_a_pass_a_worker(killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first Ray worker seen running a pass-A task."""
+def _kill_a_pass_a_worker(find, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker of this session seen running a pass-A task."""
     while not stop.is_set() and not killed:
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        for line in ps.splitlines():
-            if "_pass_a_task" in line and "ray::" in line:
-                pid = int(line.split()[0])
-                time.sleep(0.3)  # let it write some shards first
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
+        pid = find("ray::", "_pass_a_task")
+        if pid is not None:
+            time.sleep(0.3)  # let it write some shards first
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
         time.sleep(0.05)
 
 
-def test_a_killed_worker_changes_neither_output_nor_counts(ray_session, shared_data, tmp_path):
+def test_a_killed_worker_changes_neither_output_nor_counts(
+    ray_session, own_ray_process, shared_data, tmp_path
+):
     big = big_jsonl(shared_data, tmp_path, copies=6)
     args = (inputs(shared_data, big), "data.split_bytes=400000")
     local = run_data(config(shared_data, tmp_path / "local", *args, "data.engine=local"))
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_a_pass_a_worker, args=(killed, stop))
+    killer = threading.Thread(target=_kill_a_pass_a_worker, args=(own_ray_process, killed, stop))
     killer.start()
     try:
         on_ray = run_data(config(shared_data, tmp_path / "ray", *args, "data.engine=ray"))

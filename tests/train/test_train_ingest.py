@@ -247,20 +247,19 @@ def test_tokenize_pack_benchmark_small(tmp_path):
     assert "| whole split " in proc.stdout
 
 
-def _kill_an_encoder(killed: list[int], stop: threading.Event) -> None:
-    """SIGKILL the first Ray actor process seen encoding (a tokenizer actor in the middle of its work)."""
+def _kill_an_encoder(find, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray actor process of this session seen encoding (a tokenizer actor in its work)."""
     while not stop.is_set() and not killed:
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        for line in ps.splitlines():
-            if "ray::MapWorker" in line and "Encoder" in line:
-                time.sleep(0.2)
-                os.kill(int(line.split()[0]), signal.SIGKILL)
-                killed.append(int(line.split()[0]))
-                return
+        pid = find("ray::MapWorker", "Encoder")
+        if pid is not None:
+            time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
         time.sleep(0.02)
 
 
-def test_a_killed_tokenizer_actor_changes_no_shard(ray_session, corpus, packed, tmp_path):
+def test_a_killed_tokenizer_actor_changes_no_shard(ray_session, own_ray_process, corpus, packed, tmp_path):
     """Ray Data restarts a dead actor and retries its work; shards are written whole by the packing tasks,
     so the result is the same bytes as the one-process run's. With a pool of one actor the job can only finish
     through the restart, so this also proves the restarted actor rebuilt its encoder from its constructor
@@ -269,7 +268,7 @@ def test_a_killed_tokenizer_actor_changes_no_shard(ray_session, corpus, packed, 
     cfg = make_cfg(copy_of(corpus, tmp_path / "run"), "data.engine=ray", "train.tokenize_actors=1")
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_an_encoder, args=(killed, stop))
+    killer = threading.Thread(target=_kill_an_encoder, args=(own_ray_process, killed, stop))
     killer.start()
     try:
         on_ray = prepare(cfg)
