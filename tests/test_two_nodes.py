@@ -94,6 +94,7 @@ def test_ray_job_submit_runs_the_whole_job_across_two_nodes(tmp_path, shared_dat
         "eval.max_new_tokens=8",
         "eval.bfcl.max_per_category=1",
         "eval.general.limit=2",
+        "rollout.agentbench_db.limit=2",  # the default's DB rollouts, two of its eight tasks
     ]
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(result), *overrides],
@@ -125,3 +126,6 @@ def test_ray_job_submit_runs_the_whole_job_across_two_nodes(tmp_path, shared_dat
     assert manifest["stages"][-1]["out"] > 0
     report = check_job_outputs(out, overrides, per_case=2)
     assert report["bfcl"]["summary"]["overall"]["n"] == 5  # one question per BFCL category
+    rollout = json.loads((out / "rollout/report.json").read_text())
+    db = rollout["envs"]["agentbench_db"]
+    assert db["n"] == 2 and sum(db["endings"].values()) == 2  # every episode played to an ending

@@ -348,7 +348,12 @@ def _pack_ray(job: PackJob, actors: int) -> list[BlockStats]:
     task upstream of the pool to starve. An actor call takes about ``ENCODE_CALL_ROWS`` rows: a call per row
     group made ~120 output blocks of 20k samples and the shuffle took ~7 s; in ~1,000-row calls, ~3.5 s. The
     grouping uses the sort-based shuffle (tasks only): the default hash shuffle starts aggregator actors,
-    seconds more for a handful of blocks."""
+    seconds more for a handful of blocks.
+
+    The encoded rows are materialized before the shuffle. Streamed straight into it, an idle actor of the
+    pool could keep the only free CPU (a Tune trial holds the other) while the shuffle's first task waited
+    for one: a study's trial hung there for 2 hours (2026-12-05, docs/engineering-notes.md). The shuffle is a
+    barrier anyway, so the materialization costs no overlap."""
     import ray
     from ray.data.context import ShuffleStrategy
 
@@ -365,7 +370,7 @@ def _pack_ray(job: PackJob, actors: int) -> list[BlockStats]:
             batch_format="pyarrow",
             # where fewer CPUs are free (a Tune trial holds one), the rest wait, unneeded
             compute=ray.data.ActorPoolStrategy(size=actors),
-        )
+        ).materialize()  # the pool is torn down here, before the shuffle's tasks ask for CPUs
         packed = encoded.groupby(["split", "block"]).map_groups(
             pack_and_write, fn_kwargs=job.pack_args(), batch_format="pyarrow"
         )
