@@ -12,7 +12,8 @@ Train worker group costs ~30 s before its first step on 2 cores: tests that only
 
 Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
 (over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
-scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop (under a minute).
+scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop
+(86 s for 569 tests on 2 cores, 2026-12-06: the goal is under a minute).
 """
 
 from __future__ import annotations

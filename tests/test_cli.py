@@ -37,6 +37,7 @@ def test_mistakes_are_refused_before_any_work(tmp_path, capsys, command, overrid
     assert not out.exists()  # nothing started: no logs, no lock, no corpus
 
 
+@pytest.mark.slow  # ~5 s: a job process held while a second starts
 def test_a_second_job_on_the_same_output_dir_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

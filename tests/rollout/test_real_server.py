@@ -20,6 +20,8 @@ from agentflan.rollout.types import Reply
 
 pytest.importorskip("openai", reason="transformers serve needs the serving extra (openai, fastapi, uvicorn)")
 
+pytestmark = pytest.mark.slow  # a transformers serve process per module: ~10 s to start
+
 
 @pytest.fixture(scope="module")
 def hermes_model_dir(tiny_model_dir, tmp_path_factory) -> Path:

@@ -61,6 +61,7 @@ def test_tasks_are_the_800_v4_entries_and_limit_is_deterministic(tasks):
         BfclMultiTurn(categories=["multi_turn_composite"])
 
 
+@pytest.mark.slow  # ~6 s: every BFCL multi-turn entry replayed
 def test_gold_replay_passes_every_entry(tasks):
     factory = BfclMultiTurn()
     start = time.perf_counter()

@@ -77,6 +77,7 @@ def _serve_gold(tmp_path: Path, name: str, work: list, overrides: list[str]) -> 
     return report, lines, tmp_path / name / "out/rollout/kept.jsonl"
 
 
+@pytest.mark.slow  # ~50 s: 800 BFCL entries and 60 DB tasks played
 def test_gold_passes_every_bfcl_entry_and_db_task_and_the_kept_file_is_training_data(tmp_path):
     """One run per BFCL category: across categories some entries open with the same question and tools but
     different ground truth (base / long_context / miss_param 180), which no server could tell apart."""
@@ -121,6 +122,7 @@ def test_gold_passes_every_bfcl_entry_and_db_task_and_the_kept_file_is_training_
     assert read["in"] == len(kept) == 15 and sum(s["quarantined"] for s in manifest["stages"]) == 0
 
 
+@pytest.mark.slow  # ~20 s: every BFCL entry and DB task played
 def test_never_calling_scores_zero_on_bfcl_and_on_every_db_task(tmp_path):
     never = Reply(content="I cannot help with that.")
     with StubServer({"scripted": lambda messages, tools: never}) as server:

@@ -129,7 +129,9 @@ def test_padded_batch_equals_one_by_one(model, samples, tokenizer, reference) ->
     _assert_same(_loss_and_grads(model, collate_padded(samples, tokenizer.pad_token_id)), reference)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize(
+    "attn", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles: ~6 s
+)
 def test_packed_logits_equal_each_sample_alone(tokenizer, rows, attn) -> None:
     """Forward only, so flex attention is checked on the CPU too (its block mask from packed boundaries)."""
     model = _model(tokenizer, attn)
@@ -156,7 +158,9 @@ def _perturb_first_sample(model, row: PackedRow, **overrides) -> tuple[torch.Ten
         )
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize(
+    "attn", ["sdpa", "eager", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles: ~4 s
+)
 def test_no_token_attends_across_a_sample_boundary(tokenizer, rows, attn) -> None:
     model = _model(tokenizer, attn)
     row = max(rows, key=lambda r: r.n_samples)

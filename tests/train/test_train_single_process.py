@@ -78,6 +78,7 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
 
 
+@pytest.mark.slow  # ~6 s: two training runs
 def test_resumes_from_its_checkpoint_and_keeps_the_newest(corpus, tmp_path, monkeypatch):
     whole = fresh(corpus, tmp_path / "whole")
     uninterrupted = run(whole)
