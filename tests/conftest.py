@@ -28,12 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 IN_REPO_DATA = REPO / "tests" / "data" / "real"
 SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA") or IN_REPO_DATA)
 
-# Ray Train's controller looks at its workers every 2 s by default, so a fit that is done waits up to 2 s to be
-# seen, at each start, report and end; the suite runs ~25 fits. A poll that does not answer in time is only a
-# missed health check (a worker is declared dead after 10 minutes), so a short interval is safe. Set before Ray
-# starts: the session's Ray, the CLI subprocesses and their workers inherit it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
