@@ -240,7 +240,9 @@ def fit_single(cfg, rows_path: Path, tokenizer_dir: Path, log: Path, profile: bo
 
     from agentflan.train import loop
     from agentflan.train.shards import PackedShards
+    from agentflan.train.strategy import use_interpreter_ninja
 
+    use_interpreter_ninja()
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", "29517")

@@ -118,8 +118,8 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "train.seq_len=256",
         "train.global_batch_size=4",
         "train.micro_batch_size=1",
-        "train.max_steps=3",
-        "train.checkpoint_every=1",  # 3 checkpoints written, the last one kept
+        "train.max_steps=2",
+        "train.checkpoint_every=1",  # 2 checkpoints written, the last one kept
         "eval.max_per_case={a: 2, b: 2, c: 2, d: 2}",
         "eval.max_hotpot=0",
         "eval.max_tool_use_per_source=2",

@@ -1,6 +1,6 @@
 """Scripted policies behind an OpenAI-compatible stub, end to end through ``agentflan rollout`` with a spec that
-has no data section, against the real environments: BFCL multi-turn (all 800 entries) and AgentBench DB (the 60
-dev tasks). Every episode of a run is served under one model name; the policies find their task from the conversation
+has no data section, against the real environments: BFCL multi-turn (an even spread of each category; every one of the 800 entries
+is replayed in-process by test_rollout_bfcl) and AgentBench DB (the 60 dev tasks). Every episode of a run is served under one model name; the policies find their task from the conversation
 (:mod:`served_policies`). Then the kept trajectories go through ``agentflan data`` with nothing quarantined."""
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from agentflan.rollout.envs.agentbench_db import AgentBenchDb  # noqa: E402
 from agentflan.rollout.envs.agentbench_db import policies as db_policies  # noqa: E402
 from agentflan.rollout.envs.bfcl_multi_turn import CATEGORIES, BfclMultiTurn  # noqa: E402
 from agentflan.rollout.types import Reply  # noqa: E402
-
-# BFCL's ground truth for this entry calls `tail` at turn 1, which BFCL holds out until turn 3: refused here.
-CALLS_HELD_OUT_FUNCTION = "multi_turn_miss_func_49"
 
 
 def _spec(tmp_path: Path, base_url: str, extra: str = "") -> Path:
@@ -77,27 +74,35 @@ def _serve_gold(tmp_path: Path, name: str, work: list, overrides: list[str]) -> 
     return report, lines, tmp_path / name / "out/rollout/kept.jsonl"
 
 
-@pytest.mark.slow  # ~50 s: 800 BFCL entries and 60 DB tasks played
-def test_gold_passes_every_bfcl_entry_and_db_task_and_the_kept_file_is_training_data(tmp_path):
+# Served per BFCL category: 40 of its 200 entries, evenly spread (rollout.bfcl_multi_turn.limit).
+PER_CATEGORY = 40
+
+
+@pytest.mark.slow  # ~20 s: 160 BFCL entries and 60 DB tasks played over HTTP
+def test_gold_passes_bfcl_entries_and_every_db_task_and_the_kept_file_is_training_data(tmp_path):
     """One run per BFCL category: across categories some entries open with the same question and tools but
     different ground truth (base / long_context / miss_param 180), which no server could tell apart."""
     kept: list[dict] = []
-    failed: list[str] = []
     bfcl_lines = 0
     for category in CATEGORIES:
-        bfcl = BfclMultiTurn(categories=(category,))
+        bfcl = BfclMultiTurn(categories=(category,), limit=PER_CATEGORY)
         work = [(bfcl, t, bfcl_policies.gold_policy) for t in bfcl.load_tasks()]
-        overrides = ["rollout.envs=[bfcl_multi_turn]", f"rollout.bfcl_multi_turn.categories=[{category}]"]
+        overrides = [
+            "rollout.envs=[bfcl_multi_turn]",
+            f"rollout.bfcl_multi_turn.categories=[{category}]",
+            f"rollout.bfcl_multi_turn.limit={PER_CATEGORY}",
+        ]
         report, lines, kept_file = _serve_gold(tmp_path, category, work, overrides)
         b = report["envs"]["bfcl_multi_turn"]
-        want = 199 / 200 if category == "multi_turn_miss_func" else 1.0
-        assert {c: (iv["n"], iv["value"]) for c, iv in b["categories"].items()} == {category: (200, want)}
-        assert b["endings"]["answered"] == 200 and report["model"] == "scripted"
-        assert all(_tool_results_answer_calls(x["messages"]) for x in lines)
-        failed += [x["id"] for x in lines if not x["passed"]]
+        assert {c: (iv["n"], iv["value"]) for c, iv in b["categories"].items()} == {
+            category: (PER_CATEGORY, 1.0)
+        }
+        assert b["endings"]["answered"] == PER_CATEGORY and report["model"] == "scripted"
+        assert sorted(x["id"] for x in lines) == sorted(t.id for t in bfcl.load_tasks())
+        assert all(x["passed"] and _tool_results_answer_calls(x["messages"]) for x in lines)
         bfcl_lines += len(lines)
         kept += [json.loads(x) for x in kept_file.read_text().splitlines()][:3]
-    assert bfcl_lines == 800 and failed == [CALLS_HELD_OUT_FUNCTION]
+    assert bfcl_lines == 4 * PER_CATEGORY
 
     db = AgentBenchDb(protocol="native")
     work = [(db, t, db_policies.gold_policy) for t in db.load_tasks()]
@@ -122,17 +127,20 @@ def test_gold_passes_every_bfcl_entry_and_db_task_and_the_kept_file_is_training_
     assert read["in"] == len(kept) == 15 and sum(s["quarantined"] for s in manifest["stages"]) == 0
 
 
-@pytest.mark.slow  # ~20 s: every BFCL entry and DB task played
-def test_never_calling_scores_zero_on_bfcl_and_on_every_db_task(tmp_path):
+def test_never_calling_scores_zero_on_bfcl_and_on_db(tmp_path):
+    """Served: 10 entries per BFCL category, 6 DB tasks (two per category); in-process, test_rollout_bfcl and
+    test_rollout_agentbench_db play every entry and task this way."""
     never = Reply(content="I cannot help with that.")
+    extra = "  bfcl_multi_turn: {limit: 10}\n  agentbench_db: {limit: 6}\n"
     with StubServer({"scripted": lambda messages, tools: never}) as server:
-        assert main(["rollout", str(_spec(tmp_path, server.base_url))]) == 0
+        assert main(["rollout", str(_spec(tmp_path, server.base_url, extra))]) == 0
+    assert len(server.requests) >= 40 + 6 * 15  # every entry's first turn asked; each DB task 15 rounds
     report, lines = _outputs(tmp_path)
     b, d = report["envs"]["bfcl_multi_turn"], report["envs"]["agentbench_db"]
-    assert b["n"] == 800 and b["overall"]["value"] == 0 and b["endings"]["answered"] == 800
-    assert all(iv["value"] == 0 for iv in b["categories"].values())
+    assert b["n"] == 40 and b["overall"]["value"] == 0 and b["endings"]["answered"] == 40
+    assert all(iv["value"] == 0 for iv in b["categories"].values()) and len(b["categories"]) == 4
     # native DB: AgentBench's "no tool calls" notice each round, 15 rounds, then the episode ends uncommitted
-    assert d["n"] == 60 and d["overall"]["value"] == 0 and d["endings"]["step_limit"] == 60
+    assert d["n"] == 6 and d["overall"]["value"] == 0 and d["endings"]["step_limit"] == 6
     assert d["steps"]["mean"] == 15
     assert not any(m.get("tool_calls") for x in lines for m in x["messages"])
 

@@ -93,3 +93,23 @@ def test_lr_warms_up_then_follows_the_cosine(small_job, tmp_path, train_in_proce
     ]
     assert on_disk == lrs
     assert not (Path(cfg.output_dir) / "model").exists()  # save_final: false
+
+
+def test_deepspeed_builds_its_cpu_op_with_this_interpreters_ninja(monkeypatch):
+    """A venv used without activating it must not alternate between the system's ninja and its own: the two
+    versions read each other's build log as invalid and rebuild DeepSpeed's CPU comm op every switch."""
+    import os
+    import shutil
+    import sys
+
+    from agentflan.train.strategy import use_interpreter_ninja
+
+    bin_dir = str(Path(sys.executable).parent)
+    assert (Path(bin_dir) / "ninja").exists()  # pip's ninja, a DeepSpeed dependency, beside this interpreter
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join(["/usr/bin", "/bin", bin_dir])
+    )  # as an unactivated venv has it
+    use_interpreter_ninja()
+    use_interpreter_ninja()  # once is enough: PATH does not grow
+    assert os.environ["PATH"].split(os.pathsep) == [bin_dir, "/usr/bin", "/bin", bin_dir]
+    assert shutil.which("ninja") == str(Path(bin_dir) / "ninja")

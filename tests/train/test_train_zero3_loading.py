@@ -17,7 +17,9 @@ rank, port, path, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
 import deepspeed
 from safetensors.torch import load_file
+from agentflan.train.strategy import use_interpreter_ninja
 from agentflan.train.zero3_loading import load_partitioned
+use_interpreter_ninja()  # as the training loop does: the one ninja that built the cached CPU comm op
 deepspeed.init_distributed(dist_backend="gloo")
 ds = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": 2, "zero_optimization": {"stage": 3}}
 model = load_partitioned(path, ds, torch.float32, "sdpa")

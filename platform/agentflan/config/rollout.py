@@ -24,7 +24,7 @@ class BfclMultiTurnConfig(_Strict):
                              "multi_turn_long_context"]] | None = Field(
         None, description="Categories to run (default: all four)."
     )  # fmt: skip
-    limit: int | None = Field(None, gt=0, description="Entries per category (the first N).")
+    limit: int | None = Field(None, gt=0, description="Entries per category, evenly spread over it (a deterministic sample; null: all).")
     max_steps: int | None = Field(None, gt=0, description="Replies per user turn (default BFCL's, 20).")
 
 
@@ -39,7 +39,7 @@ class AgentBenchDbConfig(_Strict):
         description="native = execute_sql / commit_final_answer tools; text = AgentBench v0.2's "
         "`Action: Operation` / `Action: Answer` replies; auto = native when rollout.call_format is native.",
     )
-    limit: int | None = Field(None, gt=0, description="Tasks to run (the first N).")
+    limit: int | None = Field(None, gt=0, description="Tasks to run, taken in turn from each category (null: all).")
     max_rounds: int = Field(15, gt=0, description="Replies per task (AgentBench: 15).")
 
     @field_validator("data")

@@ -11,6 +11,7 @@ Device mapping is explicit, because a wrong mapping is the most reported Ray + D
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,29 @@ from agentflan.ray_utils import free_port
 from agentflan.train.deepspeed_config import deepspeed_config, model_dtype
 
 
+def use_interpreter_ninja() -> None:
+    """Put this interpreter's ``bin`` first on PATH when it holds a ``ninja`` (pip's, a DeepSpeed dependency).
+
+    Why: on CPU, ``deepspeed.init_distributed`` JIT-builds its shared-memory comm op (``deepspeed_shm_comm``)
+    with the first ``ninja`` on PATH, cached under ``TORCH_EXTENSIONS_DIR``. A venv used without activating it
+    (``.venv/bin/agentflan``, and the Ray workers it starts) finds the system's ninja in some processes and the
+    venv's in others. Two ninja versions read each other's build log as invalid (1.11 writes log v5, 1.13 v7)
+    and rebuild the op from scratch, ~35 s on 2 cores, at every switch. One interpreter, one ninja."""
+    bin_dir = Path(sys.executable).parent
+    path = os.environ.get("PATH", "")
+    if (bin_dir / "ninja").exists() and path.split(os.pathsep)[0] != str(bin_dir):
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{path}"
+
+
 class DeepSpeedStrategy:
     """How one rank drives DeepSpeed for ``cfg``: built first, before the model."""
 
     def __init__(self, cfg: Config, rank: int, world: int, local_rank: int) -> None:
         t = cfg.train
         self.cfg, self.rank, self.world = cfg, rank, world
+        # before DeepSpeed's process group (ours in init_distributed, or deepspeed.initialize's own under
+        # ZeRO-2), which builds or finds the cached CPU comm op
+        use_interpreter_ninja()
         if t.scaling.use_gpu:
             self.device = torch.device(f"cuda:{local_rank}")
             torch.cuda.set_device(self.device)
