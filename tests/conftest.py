@@ -13,7 +13,11 @@ Train worker group costs ~30 s before its first step on 2 cores: tests that only
 Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
 (over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
 scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop
-(86 s for 569 tests on 2 cores, 2026-12-06: the goal is under a minute).
+(54 s for 571 tests on 2 cores, 2026-12-06; the whole suite 768 s).
+
+pytest-xdist runs the suite on two workers (pyproject's addopts, ``-n 2 --dist loadgroup``): serially the suite left
+~27% of 2 cores idle. Every test of the session's Ray instance carries ``xdist_group("ray_session")`` (added here),
+so they run on one worker, in order, with one instance and its fixtures built once; ``-n 0`` runs serially.
 """
 
 from __future__ import annotations
@@ -91,6 +95,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
         if item.get_closest_marker("ray") or item.get_closest_marker("bench"):
             item.add_marker(pytest.mark.slow)
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            # pytest-xdist (pyproject's addopts: -n 2 --dist loadgroup): the tests of the session's Ray instance
+            # run on one worker, one after another, as in a serial run (one instance, its fixtures built once);
+            # the other worker takes the rest meanwhile, including the tests that start a Ray of their own in a
+            # subprocess (they coexisted with the idle session instance before, as they do now).
+            item.add_marker(pytest.mark.xdist_group("ray_session"))
 
 
 class SmallJob:
