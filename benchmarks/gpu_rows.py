@@ -235,19 +235,15 @@ def fit_with_ray(cfg, rows_path: Path, tokenizer_dir: Path, log: Path, gpu: bool
 def fit_single(cfg, rows_path: Path, tokenizer_dir: Path, log: Path, profile: bool) -> dict[str, Any] | None:
     """The same worker loop in this process (setup and train_step of :mod:`agentflan.train.loop`), its last
     step under torch.profiler when ``profile``: the kernel time by kind (attention, matmul, loss, ...)."""
-    import deepspeed
     import torch
 
     from agentflan.train import loop
     from agentflan.train.shards import PackedShards
-    from agentflan.train.strategy import use_interpreter_ninja
 
-    use_interpreter_ninja()
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", "29517")
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.train.scaling.use_gpu else "gloo")
-    state = loop.setup(cfg, PackedShards(rows_path), None, str(tokenizer_dir), rank=0, world=1, local_rank=0)
+    # a process group of one, made as train_single_process makes it (in-process store, no port)
+    state = loop.setup(
+        cfg, PackedShards(rows_path), None, str(tokenizer_dir), rank=0, world=1, local_rank=0, single_process=True
+    )
     kernels = None
     with log.open("w") as f:
         for step in range(state.steps):

@@ -13,11 +13,15 @@ Train worker group costs ~30 s before its first step on 2 cores: tests that only
 Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
 (over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
 scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop
-(54 s for 571 tests on 2 cores, 2026-12-06; the whole suite 768 s).
+(55 s for 571 tests on 2 cores, 2026-12-06; the whole suite 676-852 s, 778 s warm).
 
 pytest-xdist runs the suite on two workers (pyproject's addopts, ``-n 2 --dist loadgroup``): serially the suite left
-~27% of 2 cores idle. Every test of the session's Ray instance carries ``xdist_group("ray_session")`` (added here),
-so they run on one worker, in order, with one instance and its fixtures built once; ``-n 0`` runs serially.
+~27% of 2 cores idle. A session fixture is built once per worker process, so each worker starts its own Ray
+instance when its first Ray test asks for ``ray_session`` (2 CPUs each; they coexist as the subprocess clusters of
+the two-node and benchmark tests always did). The tests that read ``trained_zero2`` carry
+``xdist_group("trained_zero2")`` (added here, see ``SHARED_BY_GROUP``), so that model is trained once, on one
+worker; grouping every Ray test instead would put some 800 s of the suite's ~1,400 worker-seconds on one worker.
+``-n 0`` runs serially, for a debugger.
 """
 
 from __future__ import annotations
@@ -89,18 +93,22 @@ def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
     return out
 
 
+# Session fixtures whose build costs a Ray Train fit or more: the tests that take one share an xdist group, so
+# the fixture is built once, on one worker (a session fixture is per worker process under xdist).
+SHARED_BY_GROUP = ("trained_zero2",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "ray_session" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "ray_session" in fixtures:
             item.add_marker(pytest.mark.ray)
         if item.get_closest_marker("ray") or item.get_closest_marker("bench"):
             item.add_marker(pytest.mark.slow)
-        if "ray_session" in getattr(item, "fixturenames", ()):
-            # pytest-xdist (pyproject's addopts: -n 2 --dist loadgroup): the tests of the session's Ray instance
-            # run on one worker, one after another, as in a serial run (one instance, its fixtures built once);
-            # the other worker takes the rest meanwhile, including the tests that start a Ray of their own in a
-            # subprocess (they coexisted with the idle session instance before, as they do now).
-            item.add_marker(pytest.mark.xdist_group("ray_session"))
+        for name in SHARED_BY_GROUP:
+            if name in fixtures:
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 class SmallJob:

@@ -128,7 +128,8 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "eval.general.tasks=[agentflan_mmlu_abstract_algebra]",  # scored by log-likelihood: no generation
         "eval.general.limit=2",
         "rollout.envs=[]",  # rollouts in a trial are eval's (tests/eval); here the study's wiring
-        "tune.resources_per_worker={CPU: 0.5}",
+        "tune.num_workers=1",  # the study's wiring, not multi-worker training (tests/train): one process to start
+        "tune.resources_per_worker={CPU: 1}",
     ]
     assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
     printed = capsys.readouterr().out

@@ -5,6 +5,7 @@ next run in the same process starts as the first did."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,10 @@ from agentflan.train.shards import PackedShards
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = Path(agentflan.__file__).parent / "sample_data"
 STEPS = 4
+# What a distributed launcher sets: a run of one must leave none of it behind, or every process started later
+# from this one (a Ray node, a job driver) inherits a rank, and accelerate (lm-eval) takes itself for a rank of
+# a distributed run that has no MASTER_ADDR.
+LAUNCHER_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def make_cfg(out: Path):
@@ -80,8 +85,11 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # ~6 s: two training runs
 def test_resumes_from_its_checkpoint_and_keeps_the_newest(corpus, tmp_path, monkeypatch):
+    for key in LAUNCHER_ENV:
+        monkeypatch.delenv(key, raising=False)
     whole = fresh(corpus, tmp_path / "whole")
     uninterrupted = run(whole)
+    assert [k for k in LAUNCHER_ENV if k in os.environ] == []
     assert [m["step"] for m in uninterrupted] == list(range(1, STEPS + 1))
     ckpts = Path(whole.output_dir) / "train/checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == [f"step_{STEPS - 1}", f"step_{STEPS}"]  # keep = 2
@@ -97,6 +105,7 @@ def test_resumes_from_its_checkpoint_and_keeps_the_newest(corpus, tmp_path, monk
     monkeypatch.setattr(loop, "train_step", crash_at_third)
     with pytest.raises(RuntimeError, match="worker died"):
         run(broken)
+    assert [k for k in LAUNCHER_ENV if k in os.environ] == []  # cleaned up after a failure too
     monkeypatch.setattr(loop, "train_step", real_step)
     resumed = run(broken)  # in the same process: the first run cleaned up after itself
 

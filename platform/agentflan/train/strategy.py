@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from agentflan.config import Config
-from agentflan.ray_utils import free_port
 from agentflan.train.deepspeed_config import deepspeed_config, model_dtype
 
 
@@ -57,21 +56,33 @@ class DeepSpeedStrategy:
         self.engine: Any = None  # deepspeed.DeepSpeedEngine, from prepare()
         self.scheduler: Any = None
         self.hf_ds_config: Any = None  # transformers' HfDeepSpeedConfig under ZeRO-3: alive while training
+        self.env_set: list[str] = []  # environment variables init_distributed set, unset by cleanup
 
     def init_distributed(self, single_process: bool = False) -> None:
-        """Join the process group (Ray Train has set its address; ``single_process`` makes a group of one on
-        a free local port). DeepSpeed's config checks the batch sizes against its world size, so ZeRO-3
-        model building needs the group first."""
+        """Join the process group (Ray Train has set its address; ``single_process`` makes a group of one).
+        DeepSpeed's config checks the batch sizes against its world size, so ZeRO-3 model building needs the
+        group first."""
         import deepspeed
 
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
         if single_process:
+            # DeepSpeed reads LOCAL_RANK from the environment while the engine lives (ZeRO-3's partitioning);
+            # cleanup() takes back what was set here, or every process started later from this one (a Ray
+            # node, a job driver) inherits a rank and lm-eval's accelerate takes itself for a distributed run.
             for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-                os.environ.setdefault(key, value)
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
-        # Always through DeepSpeed: when Ray Train (or an earlier run in this process) already made the torch
-        # group, init_distributed only wraps it; skipping it leaves DeepSpeed's config at world size 1.
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+                if key not in os.environ:
+                    os.environ[key] = value
+                    self.env_set.append(key)
+            if not torch.distributed.is_initialized():
+                # A group of one has no one to meet: an in-process store, not a TCP port. A port picked free
+                # and bound seconds later (after DeepSpeed's import) was taken meanwhile by another process's
+                # connection often enough to fail runs beside a busy Ray (EADDRINUSE).
+                torch.distributed.init_process_group(
+                    backend, store=torch.distributed.HashStore(), rank=0, world_size=1
+                )
+        # Always through DeepSpeed: when Ray Train (or the group of one above) already made the torch group,
+        # init_distributed only wraps it; skipping it leaves DeepSpeed's config at world size 1.
+        deepspeed.init_distributed(dist_backend=backend)
 
     def prepare(self, module: torch.nn.Module, steps: int) -> Any:
         """The engine around ``module``: AdamW (or DeepSpeed's CPU Adam when the optimizer is offloaded) with
@@ -136,8 +147,8 @@ class DeepSpeedStrategy:
         return {k.removeprefix("model."): v for k, v in loaded.items()}
 
     def cleanup(self) -> None:
-        """Let go of the engine and transformers' ZeRO-3 switch, so the next run in this process (a test)
-        starts as the first did. The process group stays: DeepSpeed keeps the groups it derives from it in
+        """Let go of the engine, transformers' ZeRO-3 switch and the ranks set in the environment, so the next
+        run in this process (a test) starts as the first did. The process group stays: DeepSpeed keeps the groups it derives from it in
         module globals (``deepspeed.utils.groups``), so a group destroyed and made again breaks the next
         engine; the next run joins the one there is."""
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -148,6 +159,9 @@ class DeepSpeedStrategy:
         if self.hf_ds_config is not None:
             self.hf_ds_config = None
             unset_hf_deepspeed_config()
+        for key in self.env_set:
+            os.environ.pop(key, None)
+        self.env_set = []
 
 
 def parameter_counts(module: torch.nn.Module) -> tuple[int, int]:
