@@ -148,9 +148,9 @@ class DeepSpeedStrategy:
 
     def cleanup(self) -> None:
         """Let go of the engine, transformers' ZeRO-3 switch and the ranks set in the environment, so the next
-        run in this process (a test) starts as the first did. The process group stays: DeepSpeed keeps the groups it derives from it in
-        module globals (``deepspeed.utils.groups``), so a group destroyed and made again breaks the next
-        engine; the next run joins the one there is."""
+        run in this process (a test) starts as the first did. The process group stays: DeepSpeed keeps the
+        groups it derives from it in module globals (``deepspeed.utils.groups``), so a group destroyed and
+        made again breaks the next engine; the next run joins the one there is."""
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
         if self.engine is not None and hasattr(self.engine, "destroy"):
