@@ -13,7 +13,7 @@ Train worker group costs ~30 s before its first step on 2 cores: tests that only
 Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
 (over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
 scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop
-(55 s for 571 tests on 2 cores, 2026-12-06; the whole suite 676-852 s, 778 s warm).
+(55 s for 571 tests on 2 cores, 2026-12-06; the whole suite 778-873 s in three runs).
 
 pytest-xdist runs the suite on two workers (pyproject's addopts, ``-n 2 --dist loadgroup``): serially the suite left
 ~27% of 2 cores idle. A session fixture is built once per worker process, so each worker starts its own Ray
