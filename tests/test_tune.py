@@ -128,7 +128,9 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
         "eval.general.tasks=[agentflan_mmlu_abstract_algebra]",  # scored by log-likelihood: no generation
         "eval.general.limit=2",
         "rollout.envs=[]",  # rollouts in a trial are eval's (tests/eval); here the study's wiring
-        "tune.num_workers=1",  # the study's wiring, not multi-worker training (tests/train): one process to start
+        # One CPU worker: each trial trains in its own process (a two-worker trial trains through Ray Train
+        # inside Tune: tests/train/test_train_ray.py::test_a_two_worker_zero3_trial...).
+        "tune.num_workers=1",
         "tune.resources_per_worker={CPU: 1}",
     ]
     assert main(["tune", "pipelines/local.yaml", str(space), *args]) == 0
@@ -182,10 +184,17 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
     plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/loss_curves.png", "plots/objective_vs_arm.png", "plots/objective_vs_seed.png"} <= plots
     assert (study / "plots" / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
-    # trial checkpoints: only the last is kept
     for r in rows:
-        kept = [p for p in (study / "trials" / r["trial"] / "ray").glob("*/checkpoint_*") if p.is_dir()]
-        assert len(kept) == 1
+        trial = study / "trials" / r["trial"]
+        # trained in the trial's own process (no worker group), its checkpoints beside it: only the last kept
+        assert [json.loads(x)["world_size"] for x in (trial / "train/attempts.jsonl").read_text().splitlines()] == [1]
+        assert not (trial / "ray").exists()
+        assert [p.name for p in (trial / "train/checkpoints").iterdir()] == ["step_2"]
+        # what Ray Train's workers would report reached Tune (ASHA reads these): both checkpointed steps, then
+        # the trial's final metrics
+        reports = [json.loads(x) for x in next((out / "tune/four/ray/four").glob(f"*{r['trial']}*/result.json")).read_text().splitlines()]
+        assert [x.get("step") for x in reports] == [1, 2, 2]
+        assert "val_loss" in reports[1] and "agent_h.h_score" in reports[2]
 
 
 def test_paper_table_means_over_seeds_per_arm_and_skips_stopped_trials():

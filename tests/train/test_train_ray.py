@@ -3,7 +3,8 @@
 A Ray Train fit costs ~40 s on 2 cores, so the fits are shared: the session's ``trained_zero2`` (8 steps, 2
 workers, ZeRO-2; tests/conftest.py) is the run checked here, the reference of the resume test and of the
 one-process equivalence, and the base of the LoRA tests. What needs its own fit: a kill mid-run (twice:
-Ray Train's restart, then the user's re-run after a crash) and ZeRO-3's partitioning across 2 workers.
+Ray Train's restart, then the user's re-run after a crash) and ZeRO-3's partitioning across 2 workers (run
+as a one-trial Tune study: the same fit, and the path a multi-worker trial takes).
 The math without Ray (LoRA, the lr schedule) trains in this process (``train_in_process``).
 """
 
@@ -217,28 +218,48 @@ def test_killed_worker_resumes_from_checkpoint(trained_zero2, small_job, tmp_pat
         )
 
 
-def test_zero3_with_gradient_checkpointing(ray_session, small_job, tmp_path):
+ONE_TRIAL = """
+name: one
+objective: {metric: val_loss, mode: min}
+search: {kind: grid}
+params: {seed: {grid: [0]}}
+"""
+
+
+def test_a_two_worker_zero3_trial_trains_through_ray_train_inside_tune(ray_session, small_job, tmp_path):
+    """ZeRO-3 with gradient checkpointing across 2 workers, run as a one-trial study: a trial of more than one
+    worker trains through Ray Train inside Tune (``TuneReportCallback``; one-worker trials train in their own
+    process, tests/test_tune.py)."""
     from transformers import AutoModelForCausalLM
 
-    from agentflan.train.recipe import run_train
+    from agentflan.cli import main
 
-    cfg = small_job.fresh(
-        tmp_path / "run",
+    space = tmp_path / "one.yaml"
+    space.write_text(ONE_TRIAL)
+    extra = (
         "train.max_steps=2",
         "train.eval_every=1",  # ranks with fewer validation rows must not hang the ZeRO-3 gather
         "train.deepspeed.zero_stage=3",
         "train.model.gradient_checkpointing=true",
+        "tune.num_workers=2",
+        "tune.resources_per_worker={CPU: 0.5}",  # the trial's driver and both workers on the session's 2 CPUs
+        "tune.evaluate=false",
     )
-    summary = run_train(cfg)
-    assert steps_of(cfg.output_dir) == [1, 2]
-    logged = [json.loads(x) for x in (Path(cfg.output_dir) / "train/steps.jsonl").read_text().splitlines()]
+    base = Path(small_job.fresh(tmp_path / "run", *extra).output_dir)
+    assert main(["tune", "pipelines/local.yaml", str(space), *small_job.overrides(base, *extra)]) == 0
+    (trial,) = (base / "tune/one/trials").iterdir()
+    assert steps_of(trial) == [1, 2]
+    logged = [json.loads(x) for x in (trial / "train/steps.jsonl").read_text().splitlines()]
     assert all(r["val_loss"] > 0 for r in logged)
-    model = AutoModelForCausalLM.from_pretrained(summary["model_dir"])
-    assert model.config.num_hidden_layers == cfg.train.model.num_layers
+    # rank 0's reports reached Tune through Ray Train: both validation steps (the second also the last)
+    reports = [json.loads(x) for x in next((base / "tune/one/ray/one").glob("*/result.json")).read_text().splitlines()]
+    assert [x.get("step") for x in reports][:2] == [1, 2] and all("val_loss" in x for x in reports[:2])
+    model = AutoModelForCausalLM.from_pretrained(trial / "model")
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty
     # Partitioned while training: rank 0 held about half of the parameters (each padded to 2 partitions),
     # and the export holds them all.
-    (attempt,) = attempts_of(cfg.output_dir)
+    (attempt,) = attempts_of(trial)
+    assert attempt["world_size"] == 2
     total, held = attempt["params_total"], attempt["params_on_rank0"]
     assert total == sum(p.numel() for p in model.parameters())
     assert total / 2 <= held <= total / 2 + len(list(model.parameters()))

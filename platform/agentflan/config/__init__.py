@@ -64,10 +64,14 @@ class TuneConfig(_Strict):
     max_concurrent_trials: int = Field(1, gt=0)
     trial_resources: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1.0},
-        description="Resources of a trial's driver, which re-mixes, packs, starts the trainer and evaluates.",
+        description="Resources of a trial's driver, which re-mixes, packs, starts the trainer and evaluates. "
+        "A trial of one CPU worker trains in the driver, which then also holds that worker's resources.",
     )
     num_workers: int | None = Field(
-        None, gt=0, description="Training workers per trial (default train.scaling)."
+        None,
+        gt=0,
+        description="Training workers per trial (default train.scaling). One CPU worker: the trial trains in its "
+        "own process, without a Ray Train worker group.",
     )
     resources_per_worker: dict[str, float] | None = Field(
         None, description="Per training worker in a trial (default train.scaling.resources_per_worker)."

@@ -319,6 +319,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cleanup(state)
 
 
+def local_checkpoint_dir(output_dir: Path) -> Path:
+    """Where :func:`train_single_process` keeps its checkpoints by default."""
+    return Path(output_dir) / "train" / "checkpoints"
+
+
 def train_single_process(
     cfg: Config,
     rows: pa.Table | PackedShards,
@@ -326,16 +331,20 @@ def train_single_process(
     tokenizer_dir: str,
     output_dir: Path,
     run_id: str | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> list[dict[str, Any]]:
-    """The same loop in this process, world size 1, without Ray: what tests and benchmarks call.
+    """The same loop in this process, world size 1, without Ray Train: what a one-worker CPU Tune trial
+    (:mod:`agentflan.tune.trial`), tests and benchmarks call.
 
     Writes ``train/steps.jsonl`` and (with ``train.save_final``) ``model/`` under ``output_dir``; a checkpoint
     every ``train.checkpoint_every`` steps (and at the last, with ``train.save_final``) under
     ``train/checkpoints/step_N``, the newest ``train.keep_checkpoints`` kept; started again, it resumes from
-    the newest. Returns the metrics of the steps trained in this call."""
+    the newest. ``checkpoints`` replaces that home (a Tune trial's also reports to Tune). Returns the metrics
+    of the steps trained in this call."""
     output_dir = Path(output_dir)
     state = setup(cfg, rows, val_rows, tokenizer_dir, rank=0, world=1, local_rank=0, single_process=True)
-    checkpoints = LocalCheckpoints(output_dir / "train" / "checkpoints", cfg.train.keep_checkpoints)
+    if checkpoints is None:
+        checkpoints = LocalCheckpoints(local_checkpoint_dir(output_dir), cfg.train.keep_checkpoints)
     try:
         return fit(
             state,

@@ -17,11 +17,14 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentflan.config import Config
 from agentflan.console import count
 from agentflan.train.data import prepare
+
+if TYPE_CHECKING:  # torch loads with the checkpoints: not on the driver of a study
+    from agentflan.train.checkpoint import Checkpoints
 
 
 def storage_path(cfg: Config) -> str:
@@ -38,20 +41,19 @@ def run_train(
     *,
     tags: dict[str, str] | None = None,
     callbacks: list[Any] | None = None,
+    in_process: Checkpoints | None = None,
 ) -> dict[str, Any]:
     """Train; returns a summary (final step metrics, model path or None without ``train.save_final``, MLflow
     run id).
 
     ``tags`` go on the MLflow run (a Tune trial adds its parent run); ``callbacks`` on Ray Train's
     ``RunConfig`` (a Tune trial adds ``TuneReportCallback``, which forwards every report to Tune).
+    ``in_process``: train here, world size 1, without a Ray Train worker group, checkpointing through it (a
+    one-worker CPU Tune trial, whose own process is a Ray worker already: see :mod:`agentflan.tune.trial`).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from agentflan import tracking
     from agentflan.ray_utils import ensure_ray
     from agentflan.train.deepspeed_config import total_steps
-    from agentflan.train.loop import train_loop_per_worker
     from agentflan.train.shards import shard_rows
 
     out = Path(cfg.output_dir).resolve()
@@ -76,6 +78,47 @@ def run_train(
         "steps_log": str(steps_log),
         "run_id": run_id,
     }
+    steps_total = total_steps(cfg, n_rows)
+    workers = "this process" if in_process is not None else f"{t.scaling.num_workers} workers"
+    progress(
+        f"train: {workers}, ZeRO-{t.deepspeed.zero_stage}, {n_rows} rows of {t.seq_len}, {steps_total} steps"
+    )
+    with tracking.run_status(cfg, run_id), _watch_steps(steps_log, steps_total, progress):
+        if in_process is not None:
+            from agentflan.train.loop import train_single_process
+            from agentflan.train.shards import PackedShards
+
+            val = PackedShards(packed.validation) if shard_rows(packed.validation) else None
+            train_single_process(
+                cfg, PackedShards(packed.train), val, str(packed.tokenizer_dir), out, run_id, in_process
+            )
+        else:
+            _fit_on_ray(cfg, loop_config, callbacks)
+        if t.save_final:  # without it no model is written: log no path that does not exist
+            tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
+            tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
+    steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
+    _log_plots(cfg, run_id, steps_log, manifest)
+    summary = {
+        "run_id": run_id,
+        "model_dir": str(model_dir) if t.save_final else None,
+        "steps": len(steps),
+        "final": steps[-1] if steps else {},
+        "packing": packed.stats,
+    }
+    (out / "train" / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _fit_on_ray(cfg: Config, loop_config: dict[str, Any], callbacks: list[Any] | None) -> None:
+    """The Ray Train fit: ``train.scaling`` workers running the loop, Ray Train keeping the checkpoints and
+    restarting the group up to ``train.max_failures`` times."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from agentflan.train.loop import train_loop_per_worker
+
+    t = cfg.train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -92,29 +135,9 @@ def run_train(
             callbacks=callbacks,
         ),
     )
-    steps_total = total_steps(cfg, n_rows)
-    progress(
-        f"train: {t.scaling.num_workers} workers, ZeRO-{t.deepspeed.zero_stage}, {n_rows} rows of "
-        f"{t.seq_len}, {steps_total} steps"
-    )
-    with tracking.run_status(cfg, run_id), _watch_steps(steps_log, steps_total, progress):
-        result = trainer.fit()
-        if result.error:
-            raise result.error
-        if t.save_final:  # without it no model is written: log no path that does not exist
-            tracking.client(cfg).set_tag(run_id, "agentflan.model_dir", str(model_dir))
-            tracking.client(cfg).log_param(run_id, "model_path", str(model_dir))
-    steps = [json.loads(line) for line in steps_log.read_text().splitlines()]
-    _log_plots(cfg, run_id, steps_log, manifest)
-    summary = {
-        "run_id": run_id,
-        "model_dir": str(model_dir) if t.save_final else None,
-        "steps": len(steps),
-        "final": steps[-1] if steps else {},
-        "packing": packed.stats,
-    }
-    (out / "train" / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    result = trainer.fit()
+    if result.error:
+        raise result.error
 
 
 def _log_plots(cfg: Config, run_id: str, steps_log: Path, manifest: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from agentflan.config import Config
 from agentflan.tune import report as rep
 from agentflan.tune.space import SearchSpace, tune_domains
-from agentflan.tune.trial import StudyContext, run_trial
+from agentflan.tune.trial import StudyContext, run_trial, trial_bundle
 
 
 def study_dir(cfg: Config, space: SearchSpace) -> Path:
@@ -146,7 +146,7 @@ def run_study(
         parent_run_id=parent,
         tracking_uri=tracking.tracking_uri(cfg),
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), dict(cfg.tune.trial_resources))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_bundle(cfg))
     tuner = tune.Tuner(
         trainable,
         param_space=tune_domains(space),
@@ -155,6 +155,10 @@ def run_study(
             search_alg=_searcher(space, cfg.tune.max_concurrent_trials),
             scheduler=_scheduler(space, cfg),
             max_concurrent_trials=cfg.tune.max_concurrent_trials if space.search.kind == "optuna" else None,
+            # Trials hold the same bundle: the next one runs in the last one's process, its imports (torch,
+            # transformers, DeepSpeed) done. A trial ASHA stopped mid-run is not reused (Tune waits 2 s for its
+            # function to end, then starts a fresh process).
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=space.name,
