@@ -103,6 +103,7 @@ def test_a_failure_mid_job_is_one_line_naming_the_log(ray_session, tmp_path, cap
             f"data.inputs=[{{path: {shared_data}/react/fireact_hotpotqa.jsonl, source: react}}]",
             "train.seq_len=256", "train.max_steps=1", "train.model.attn_implementation=flash_attention_2",
             "train.max_failures=0",  # the spec's one restart would start the same failing group again
+            "train.scaling.num_workers=1",  # one failing worker is enough
         ]
     )  # fmt: skip
     err = capsys.readouterr().err

@@ -275,7 +275,8 @@ def test_interrupted_job_resumes_without_redoing_the_corpus(ray_session, small_j
     from agentflan.cli import main
     from agentflan.tracking import client
 
-    extra = ("train.max_steps=8", "train.max_failures=0", "train.save_final=false")
+    # One worker: resuming is the subject here (two workers resuming: the killed-worker test above).
+    extra = ("train.max_steps=8", "train.max_failures=0", "train.save_final=false", "train.scaling.num_workers=1")
     cfg = small_job.fresh(tmp_path / "run", *extra)
     out = Path(cfg.output_dir)
     args = ["train", "pipelines/local.yaml", *small_job.overrides(out, *extra)]
