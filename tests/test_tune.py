@@ -80,6 +80,30 @@ def test_trial_values_expand_arms_and_relative_values():
     assert resolve(trial_values(space, {"arm": "all", "seed": 0}), cfg) == {"seed": 0}
 
 
+@pytest.mark.parametrize(
+    "overrides, bundle, in_trial",
+    [
+        ([], {"CPU": 1.0}, False),  # the spec's 2 workers: a worker group, which holds its own CPUs
+        # one CPU worker: trained in the trial, which holds its CPUs too (the spec's tune: 0.5 per worker)
+        (["tune.num_workers=1"], {"CPU": 1.5}, True),
+        (["tune.num_workers=1", "tune.resources_per_worker={CPU: 3}"], {"CPU": 4.0}, True),
+        (["train.scaling.num_workers=1", "tune.trial_resources={CPU: 2}"], {"CPU": 2.5}, True),
+        (["tune.num_workers=1", "train.scaling.use_gpu=true"], {"CPU": 1.0}, False),  # a GPU: Ray Train's
+    ],
+)
+def test_a_one_cpu_worker_trial_trains_in_its_own_process_holding_the_workers_resources(
+    overrides, bundle, in_trial
+):
+    from agentflan.tune.trial import trains_in_trial, trial_bundle
+
+    spec = load_config("pipelines/local.yaml", overrides)
+    assert trial_bundle(spec) == bundle
+    # the trial's own config (tune.num_workers pinned into train.scaling, as trial_config does)
+    workers = spec.tune.num_workers or spec.train.scaling.num_workers
+    trial_cfg = load_config("pipelines/local.yaml", [*overrides, f"train.scaling.num_workers={workers}"])
+    assert trains_in_trial(trial_cfg) == in_trial
+
+
 STUDY = """
 name: four
 objective: {metric: agent_h.h_score, mode: max}
@@ -187,12 +211,14 @@ def test_four_trial_study_leaves_parent_and_children_runs_and_the_table(
     for r in rows:
         trial = study / "trials" / r["trial"]
         # trained in the trial's own process (no worker group), its checkpoints beside it: only the last kept
-        assert [json.loads(x)["world_size"] for x in (trial / "train/attempts.jsonl").read_text().splitlines()] == [1]
+        attempts = (trial / "train/attempts.jsonl").read_text().splitlines()
+        assert [json.loads(x)["world_size"] for x in attempts] == [1]
         assert not (trial / "ray").exists()
         assert [p.name for p in (trial / "train/checkpoints").iterdir()] == ["step_2"]
         # what Ray Train's workers would report reached Tune (ASHA reads these): both checkpointed steps, then
         # the trial's final metrics
-        reports = [json.loads(x) for x in next((out / "tune/four/ray/four").glob(f"*{r['trial']}*/result.json")).read_text().splitlines()]
+        result = next((out / "tune/four/ray/four").glob(f"*{r['trial']}*/result.json"))
+        reports = [json.loads(x) for x in result.read_text().splitlines()]
         assert [x.get("step") for x in reports] == [1, 2, 2]
         assert "val_loss" in reports[1] and "agent_h.h_score" in reports[2]
 

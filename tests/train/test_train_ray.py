@@ -252,7 +252,8 @@ def test_a_two_worker_zero3_trial_trains_through_ray_train_inside_tune(ray_sessi
     logged = [json.loads(x) for x in (trial / "train/steps.jsonl").read_text().splitlines()]
     assert all(r["val_loss"] > 0 for r in logged)
     # rank 0's reports reached Tune through Ray Train: both validation steps (the second also the last)
-    reports = [json.loads(x) for x in next((base / "tune/one/ray/one").glob("*/result.json")).read_text().splitlines()]
+    result = next((base / "tune/one/ray/one").glob("*/result.json"))
+    reports = [json.loads(x) for x in result.read_text().splitlines()]
     assert [x.get("step") for x in reports][:2] == [1, 2] and all("val_loss" in x for x in reports[:2])
     model = AutoModelForCausalLM.from_pretrained(trial / "model")
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty
@@ -276,7 +277,12 @@ def test_interrupted_job_resumes_without_redoing_the_corpus(ray_session, small_j
     from agentflan.tracking import client
 
     # One worker: resuming is the subject here (two workers resuming: the killed-worker test above).
-    extra = ("train.max_steps=8", "train.max_failures=0", "train.save_final=false", "train.scaling.num_workers=1")
+    extra = (
+        "train.max_steps=8",
+        "train.max_failures=0",
+        "train.save_final=false",
+        "train.scaling.num_workers=1",
+    )
     cfg = small_job.fresh(tmp_path / "run", *extra)
     out = Path(cfg.output_dir)
     args = ["train", "pipelines/local.yaml", *small_job.overrides(out, *extra)]

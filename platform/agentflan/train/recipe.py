@@ -3,7 +3,8 @@
 Read top to bottom: :func:`run_train` makes sure the corpus exists, tokenizes and packs it once into
 parquet shards, opens the MLflow run, starts a ``TorchTrainer`` whose workers run
 :func:`agentflan.train.loop.train_loop_per_worker` (each reads the rows of its steps from the shards, on the
-shared ``output_dir``), and closes the run FINISHED or FAILED.
+shared ``output_dir``), and closes the run FINISHED or FAILED. A one-worker CPU Tune trial runs the same
+loop in its own process instead (``in_process``), without a worker group.
 
 Resuming: Ray Train keeps checkpoints under ``<storage>/<name>``; a run started again with the same spec
 and output dir finds the latest one (``ray.train.get_checkpoint``) and continues from its step. Workers

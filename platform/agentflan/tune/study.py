@@ -4,7 +4,8 @@
    inputs, filters and alignment for every trial. With the embedded default, one tokenizer is trained on
    it and shared, so every trial's validation loss is measured on the same tokens.
 2. A parent MLflow run is opened for the study; each trial (:mod:`agentflan.tune.trial`) re-mixes the
-   decomposed corpus, trains through Ray Train and evaluates, in a child run.
+   decomposed corpus, trains (through Ray Train, or in its own process when it has one CPU worker) and
+   evaluates, in a child run.
 3. Ray Tune runs the trials: grid, random or Optuna search; optional ASHA on the validation loss;
    ``tune.max_concurrent_trials`` and ``tune.trial_resources`` from the spec.
 4. ``results.csv``, ``results.md`` (every trial, and the paper-style table of the space's ``report``) and
@@ -155,9 +156,9 @@ def run_study(
             search_alg=_searcher(space, cfg.tune.max_concurrent_trials),
             scheduler=_scheduler(space, cfg),
             max_concurrent_trials=cfg.tune.max_concurrent_trials if space.search.kind == "optuna" else None,
-            # Trials hold the same bundle: the next one runs in the last one's process, its imports (torch,
-            # transformers, DeepSpeed) done. A trial ASHA stopped mid-run is not reused (Tune waits 2 s for its
-            # function to end, then starts a fresh process).
+            # Trials hold the same bundle: the next one runs in the last one's process, its imports
+            # (torch, transformers, DeepSpeed) done. A trial ASHA stopped mid-run is not reused (Tune waits
+            # 2 s for its function to end, then starts a fresh process).
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

@@ -3,8 +3,9 @@
 Training, two ways, one loop (:func:`agentflan.train.loop.fit`):
 
 * **Ray Train inside the trial** (the Train V2 pattern): the trial is a plain function that builds a
-  ``TorchTrainer`` whose ``RunConfig`` carries ``TuneReportCallback``, so every ``ray.train.report`` of rank 0
-  (validation steps, checkpoints, the last step) reaches Tune as a trial result, where ASHA can stop the trial.
+  ``TorchTrainer`` whose ``RunConfig`` carries ``TuneReportCallback``, so every ``ray.train.report`` of
+  rank 0 (validation steps, checkpoints, the last step) reaches Tune as a trial result, where ASHA can stop
+  the trial.
 * **In the trial's own process** when a trial trains on one CPU worker (:func:`trains_in_trial`): the trial is
   a Ray worker already, holding that worker's resources too (:func:`trial_bundle`), so it trains there, world
   size 1, and reports the same results to Tune itself (:class:`TuneReports`). A worker group would only add
