@@ -33,6 +33,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Ray Train 2.60 starts a PreemptionWatcher actor with every worker group: it watches for spot nodes being
+# preempted, which a test machine has none of, and it is one more process (~1 s of CPU, then a poll every 5 s)
+# at each of the suite's ~15 group starts. Set before any Ray starts here; the Ray clusters and jobs the tests
+# start in subprocesses inherit it. Users' runs keep Ray's default.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 IN_REPO_DATA = REPO / "tests" / "data" / "real"
 SHARED_DATA = Path(os.environ.get("AGENTFLAN_SHARED_DATA") or IN_REPO_DATA)
 
@@ -98,8 +103,31 @@ def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
 SHARED_BY_GROUP = ("trained_zero2",)
 
 
+# The modules of the longest tests (by --durations on 2 cores, 2026-12-06), longest first: they are handed
+# out first, and the short tests fill in around them. In collection order they came last (tests/train/ and the
+# root test files sort after data/, eval/ and rollout/), so one worker ran the tail alone (~40 s of the wall).
+# Each module keeps its own order (module-scoped fixtures are built once).
+LONGEST_FIRST = (
+    "tests/test_two_nodes.py",
+    "tests/train/test_train_paper_run.py",
+    "tests/train/test_train_ray.py",
+    "tests/test_native_job.py",
+    "tests/test_benchmarks.py",
+    "tests/train/test_train_ingest.py",
+    "tests/data/test_batch_negatives.py",
+    "tests/test_tune.py",
+    "tests/test_cli.py",
+)
+
+
+def _longest_first(item: pytest.Item) -> int:
+    module = item.nodeid.split("::")[0]
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_longest_first)  # stable
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "ray_session" in fixtures:
