@@ -8,19 +8,20 @@ tests at another folder of the same layout instead (e.g. the full ``shared/data`
 Starting Ray costs ~5 s and ~760 MB; every test that needs it shares the session-scoped instance. A Ray
 Train worker group costs ~30 s before its first step on 2 cores: tests that only read a trained model take
 ``trained_zero2`` instead of training their own, and tests about the math train in this process
-(``train_single_process``).
+(``train_single_process``), and a Tune trial of one CPU worker trains in its own process.
 
 Markers (pyproject.toml): ``ray`` (starts or uses Ray: added here for users of ``ray_session``), ``slow``
 (over ~5 s: added here to every ``ray`` and ``bench`` test, declared by the others), ``bench`` (the benchmark
 scripts' smoke tests). ``pytest -m "not slow"`` is the fast loop
-(55 s for 571 tests on 2 cores, 2026-12-06; the whole suite 778-873 s in three runs).
+(55-58 s for 576 tests on 2 cores, 2026-12-06; the whole suite 604 s).
 
 pytest-xdist runs the suite on two workers (pyproject's addopts, ``-n 2 --dist loadgroup``): serially the suite left
 ~27% of 2 cores idle. A session fixture is built once per worker process, so each worker starts its own Ray
 instance when its first Ray test asks for ``ray_session`` (2 CPUs each; they coexist as the subprocess clusters of
 the two-node and benchmark tests always did). The tests that read ``trained_zero2`` carry
 ``xdist_group("trained_zero2")`` (added here, see ``SHARED_BY_GROUP``), so that model is trained once, on one
-worker; grouping every Ray test instead would put some 800 s of the suite's ~1,400 worker-seconds on one worker.
+worker; grouping every Ray test instead would put most of the suite's worker-seconds on one worker. The modules
+of the longest tests are handed out first (``LONGEST_FIRST``), so that the short tests even out the end.
 ``-n 0`` runs serially, for a debugger.
 """
 
