@@ -256,6 +256,7 @@ def test_a_two_worker_zero3_trial_trains_through_ray_train_inside_tune(ray_sessi
     reports = [json.loads(x) for x in result.read_text().splitlines()]
     assert [x.get("step") for x in reports][:2] == [1, 2] and all("val_loss" in x for x in reports[:2])
     model = AutoModelForCausalLM.from_pretrained(trial / "model")
+    assert model.config.num_hidden_layers == small_job.cfg(base, *extra).train.model.num_layers
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered from the ZeRO-3 shards, not empty
     # Partitioned while training: rank 0 held about half of the parameters (each padded to 2 partitions),
     # and the export holds them all.

@@ -85,14 +85,12 @@ def run_train(
         f"train: {workers}, ZeRO-{t.deepspeed.zero_stage}, {n_rows} rows of {t.seq_len}, {steps_total} steps"
     )
     with tracking.run_status(cfg, run_id), _watch_steps(steps_log, steps_total, progress):
-        if in_process is not None:
+        if in_process is not None:  # the rows read as a Ray Train worker reads them (worker_rows)
             from agentflan.train.loop import train_single_process
-            from agentflan.train.shards import PackedShards
+            from agentflan.train.shards import worker_rows
 
-            val = PackedShards(packed.validation) if shard_rows(packed.validation) else None
-            train_single_process(
-                cfg, PackedShards(packed.train), val, str(packed.tokenizer_dir), out, run_id, in_process
-            )
+            rows, val_rows = worker_rows(loop_config, "rows"), worker_rows(loop_config, "val_rows")
+            train_single_process(cfg, rows, val_rows, loop_config["tokenizer_dir"], out, run_id, in_process)
         else:
             _fit_on_ray(cfg, loop_config, callbacks)
         if t.save_final:  # without it no model is written: log no path that does not exist

@@ -73,9 +73,13 @@ def trial_config(ctx: StudyContext, values: dict[str, Any], trial_id: str) -> Co
     return apply(spec, {**overrides, **pinned})
 
 
+def _one_cpu_worker(num_workers: int, use_gpu: bool) -> bool:
+    return num_workers == 1 and not use_gpu
+
+
 def trains_in_trial(cfg: Config) -> bool:
     """Whether the trial of ``cfg`` (a trial's config: :func:`trial_config`) trains in its own process."""
-    return cfg.train.scaling.num_workers == 1 and not cfg.train.scaling.use_gpu
+    return _one_cpu_worker(cfg.train.scaling.num_workers, cfg.train.scaling.use_gpu)
 
 
 def trial_bundle(spec: Config) -> dict[str, float]:
@@ -83,7 +87,7 @@ def trial_bundle(spec: Config) -> dict[str, float]:
     when it trains in its own process. (A worker group's workers hold theirs themselves.)"""
     bundle = dict(spec.tune.trial_resources)
     scaling = spec.train.scaling
-    if (spec.tune.num_workers or scaling.num_workers) == 1 and not scaling.use_gpu:
+    if _one_cpu_worker(spec.tune.num_workers or scaling.num_workers, scaling.use_gpu):
         for k, v in (spec.tune.resources_per_worker or scaling.resources_per_worker).items():
             bundle[k] = bundle.get(k, 0.0) + v
     return bundle
